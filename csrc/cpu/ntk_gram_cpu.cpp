@@ -1,0 +1,315 @@
+// fastntk: OpenMP driver of the analytic Gram matrices.
+//
+// Work is split in tiles of rows x columns. Per tile: one BLAS call gives the input
+// covariances x.y/d (dsyrk for diagonal tiles of a symmetric Gram, dgemm otherwise),
+// then every layer of the program runs over the tile row by row while the row is in
+// L1, the layer loop outside and the pair loop inside so that each activation's
+// pair loop vectorizes (transcendentals through libmvec, vecmath.hpp). Per-point
+// variances are computed once for all tiles, O(N * layers). Extra memory: one tile
+// per thread plus the per-point tables.
+#include "vecmath.hpp"  // must precede <cmath> users: gives acos & co. their SIMD variants
+
+#include "ntk_gram_cpu.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <limits>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "blas.hpp"
+#include "fastntk/activations.hpp"
+#include "fastntk/recursion.hpp"
+
+namespace fastntk::cpu {
+namespace {
+
+using Index = std::int64_t;
+
+// Per-point tables of one input set (see PointTables), and its final diagonal.
+struct Points {
+  std::vector<double> table;  // [n_activations, 4, n]
+  std::vector<double> q;      // [n] final Sigma(x, x)
+  std::vector<double> t;      // [n] final Theta(x, x)
+  PointTables view() const { return PointTables{table.data(), static_cast<long long>(q.size())}; }
+};
+
+Points point_pass(const ProgramView& prog, const double* x, Index n, Index d, int threads, const char* name) {
+  Points pts;
+  pts.table.assign(static_cast<std::size_t>(4 * prog.n_activations) * n, 0.0);
+  pts.q.resize(n);
+  pts.t.resize(n);
+  Index first_bad = n;
+  const double inv_d = 1.0 / static_cast<double>(d);
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(min : first_bad)
+  for (Index i = 0; i < n; ++i) {
+    const double* row = x + i * d;
+    const double q0 = blas::dot(static_cast<int>(d), row, row) * inv_d;
+    bool ok = true;
+    point_recursion(prog, q0, pts.table.data(), n, i, pts.q[i], pts.t[i], ok);
+    if (!ok) first_bad = std::min(first_bad, i);
+  }
+  if (first_bad < n) {
+    // Only Gaussian(b > 0) can fail: find which layer, for the message.
+    const double* row = x + first_bad * d;
+    double q = blas::dot(static_cast<int>(d), row, row) * inv_d, t = 0.0;
+    for (int k = 0; k < prog.n_ops; ++k) {
+      const Op& op = prog.ops[k];
+      if (op.kind == OpKind::Dense) {
+        dense_pair<true>(op, q, t);
+        continue;
+      }
+      if (op.kind == OpKind::Gaussian && !(1.0 - 4.0 * op.p[1] * q > 0.0))
+        throw std::invalid_argument(
+            "Gaussian(b=" + std::to_string(op.p[1]) + ") at layer " + std::to_string(k) + ": row " +
+            std::to_string(first_bad) + " of " + name + " reaches the variance q=" + std::to_string(q) +
+            " before this layer, where E[exp(b u^2)^2] diverges (it needs 4*b*q < 1); scale the inputs down "
+            "or use b <= 0");
+      double f, dot;
+      activation_diag(op, prog.coef, q, f, dot);
+      q = f;
+    }
+  }
+  return pts;
+}
+
+// One activation over a row segment: s[j], t[j] <- pair(x, y_j).
+template <class Map, bool Ntk>
+void activation_row(const Op& op_ref, const double* coef, const Stats x, const PointTables& ty, int a, Index j0,
+                    int n, double* FASTNTK_RESTRICT s, double* FASTNTK_RESTRICT t) {
+  const Op op = op_ref;  // a local copy: its loads are then loop invariant
+  const double* FASTNTK_RESTRICT qy = ty.field(a, 0) + j0;
+  const double* FASTNTK_RESTRICT ay = ty.field(a, 1) + j0;
+  const double* FASTNTK_RESTRICT by = ty.field(a, 2) + j0;
+  const double* FASTNTK_RESTRICT cy = ty.field(a, 3) + j0;
+#pragma omp simd
+  for (int j = 0; j < n; ++j) {
+    const Stats y{qy[j], ay[j], by[j], cy[j]};
+    double sj = s[j], tj = Ntk ? t[j] : 0.0;
+    Map::template pair<Ntk>(op, coef, x, y, sj, tj);
+    s[j] = sj;
+    if (Ntk) t[j] = tj;
+  }
+}
+
+template <bool Ntk>
+void dense_row(const Op& op_ref, int n, double* FASTNTK_RESTRICT s, double* FASTNTK_RESTRICT t) {
+  const Op op = op_ref;
+#pragma omp simd
+  for (int j = 0; j < n; ++j) {
+    double sj = s[j], tj = Ntk ? t[j] : 0.0;
+    dense_pair<Ntk>(op, sj, tj);
+    s[j] = sj;
+    if (Ntk) t[j] = tj;
+  }
+}
+
+// All layers over the pairs (i, j0 .. j0 + n): s holds x.y/d on entry, the NNGP on exit;
+// t receives the NTK.
+template <bool Ntk>
+void run_row(const ProgramView& prog, const PointTables& tx, Index i, const PointTables& ty, Index j0, int n,
+             double* s, double* t) {
+  if (Ntk) std::fill(t, t + n, 0.0);
+  int a = 0;
+  for (int k = 0; k < prog.n_ops; ++k) {
+    const Op& op = prog.ops[k];
+    if (op.kind == OpKind::Dense) {
+      dense_row<Ntk>(op, n, s, t);
+      continue;
+    }
+    const Stats x = tx.at(a, i);
+    switch (op.kind) {
+#define FASTNTK_ROW_CASE(kind, map)                                       \
+  case OpKind::kind:                                                      \
+    activation_row<map, Ntk>(op, prog.coef, x, ty, a, j0, n, s, t);       \
+    break;
+      FASTNTK_FOR_EACH_ACTIVATION(FASTNTK_ROW_CASE)
+#undef FASTNTK_ROW_CASE
+      default:
+        break;
+    }
+    ++a;
+  }
+}
+
+struct Tile {
+  Index i0, j0;
+  int m, n;
+  bool diagonal;  // a diagonal tile of a symmetric Gram: only j >= i is computed
+};
+
+struct Job {
+  ProgramView prog;
+  const double* x1;
+  const double* x2;
+  Index n2, d;
+  PointTables t1, t2;
+  double* nngp;
+  double* ntk;
+  bool symmetric;
+};
+
+template <bool Ntk>
+void run_tile(const Job& job, const Tile& tile, double* c, int ldc, double* t) {
+  const int d = static_cast<int>(job.d);
+  const double inv_d = 1.0 / static_cast<double>(job.d);
+  const double* a = job.x1 + tile.i0 * job.d;
+  if (tile.diagonal) {
+    blas::syrk_upper(tile.m, d, inv_d, a, d, c, ldc);
+  } else {
+    const double* b = job.x2 + tile.j0 * job.d;
+    blas::gemm_abt(tile.m, tile.n, d, inv_d, a, d, b, d, c, ldc);
+  }
+  for (int r = 0; r < tile.m; ++r) {
+    const int jb = tile.diagonal ? r : 0;
+    const int len = tile.n - jb;
+    double* s = c + static_cast<Index>(r) * ldc + jb;
+    const Index i = tile.i0 + r;
+    const Index j0 = tile.j0 + jb;
+    run_row<Ntk>(job.prog, job.t1, i, job.t2, j0, len, s, t);
+    if (job.nngp) std::copy(s, s + len, job.nngp + i * job.n2 + j0);
+    if (Ntk && job.ntk) std::copy(t, t + len, job.ntk + i * job.n2 + j0);
+    if (job.symmetric) {
+      // Mirror into column i of the rows j0 .. j0 + len.
+      for (int j = 0; j < len; ++j) {
+        if (job.nngp) job.nngp[(j0 + j) * job.n2 + i] = s[j];
+        if (Ntk && job.ntk) job.ntk[(j0 + j) * job.n2 + i] = t[j];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads) {
+  // 256 x 256 keeps a tile's GEMM near BLAS peak for d in the hundreds while its
+  // output (512 KiB) stays in L2; smaller tiles only to give every thread work.
+  int tile = 256;
+  auto count = [&](int t) {
+    const Index b1 = (n1 + t - 1) / t, b2 = (n2 + t - 1) / t;
+    return symmetric ? b1 * (b1 + 1) / 2 : b1 * b2;
+  };
+  while (tile > 32 && count(tile) < 4 * static_cast<Index>(std::max(n_threads, 1))) tile /= 2;
+  return tile;
+}
+
+void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
+                  std::int64_t d, double* nngp, double* ntk, const GramOptions& opt) {
+  const bool symmetric = x2 == nullptr;
+  if (symmetric) n2 = n1;
+  if (n1 < 0 || n2 < 0) throw std::invalid_argument("ntk_gram_cpu: negative number of rows");
+  if (d < 1) throw std::invalid_argument("ntk_gram_cpu: the inputs need at least one feature (d >= 1)");
+  if (d > std::numeric_limits<int>::max())
+    throw std::invalid_argument("ntk_gram_cpu: d exceeds the 32-bit BLAS limit");
+  if (!nngp && !ntk) throw std::invalid_argument("ntk_gram_cpu: neither nngp nor ntk requested");
+  if (opt.tile < 0 || opt.tile > 4096) throw std::invalid_argument("ntk_gram_cpu: tile must be in [0, 4096]");
+  if (n1 == 0 || n2 == 0) return;
+  if (!x1) throw std::invalid_argument("ntk_gram_cpu: x1 is null");
+
+  const ProgramView prog = program.view();
+  const int threads = opt.n_threads > 0 ? opt.n_threads : omp_get_max_threads();
+  blas::use_single_thread();
+
+  const Points p1 = point_pass(prog, x1, n1, d, threads, "x1");
+  const Points p2 = symmetric ? Points{} : point_pass(prog, x2, n2, d, threads, "x2");
+
+  const int ts = opt.tile > 0 ? opt.tile : default_tile(n1, n2, symmetric, threads);
+  std::vector<Tile> tiles;
+  for (Index i0 = 0; i0 < n1; i0 += ts)
+    for (Index j0 = symmetric ? i0 : 0; j0 < n2; j0 += ts)
+      tiles.push_back(Tile{i0, j0, static_cast<int>(std::min<Index>(ts, n1 - i0)),
+                           static_cast<int>(std::min<Index>(ts, n2 - j0)), symmetric && i0 == j0});
+
+  const Job job{prog, x1, symmetric ? x1 : x2, n2, d, p1.view(), symmetric ? p1.view() : p2.view(), nngp, ntk,
+                symmetric};
+  std::atomic<bool> stop{false};
+  std::exception_ptr error;
+  const Index n_tiles = static_cast<Index>(tiles.size());
+
+#pragma omp parallel num_threads(threads)
+  {
+    std::unique_ptr<double[]> c, t;
+    try {
+      c.reset(new double[static_cast<std::size_t>(ts) * ts]);
+      t.reset(new double[ts]);
+    } catch (...) {
+#pragma omp critical(fastntk_error)
+      if (!error) error = std::current_exception();
+      stop = true;
+    }
+    const bool poller = omp_get_thread_num() == 0 && static_cast<bool>(opt.interrupted);
+    auto last_poll = std::chrono::steady_clock::now();
+#pragma omp for schedule(dynamic, 1)
+    for (Index k = 0; k < n_tiles; ++k) {
+      if (stop.load(std::memory_order_relaxed)) continue;
+      if (ntk)
+        run_tile<true>(job, tiles[k], c.get(), ts, t.get());
+      else
+        run_tile<false>(job, tiles[k], c.get(), ts, t.get());
+      if (poller) {
+        const auto now = std::chrono::steady_clock::now();
+        if (now - last_poll > std::chrono::milliseconds(50)) {
+          last_poll = now;
+          bool halt = true;
+          try {
+            halt = opt.interrupted();
+          } catch (...) {
+#pragma omp critical(fastntk_error)
+            if (!error) error = std::current_exception();
+          }
+          if (halt) stop = true;
+        }
+      }
+    }
+  }
+  if (error) std::rethrow_exception(error);
+  if (stop) throw Interrupted();
+
+  if (symmetric) {
+    // The exact diagonal: the tiles' own diagonal pairs went through a correlation
+    // that GEMM round-off may put at 1 - 1e-16, which costs ~8 digits after acos.
+    for (Index i = 0; i < n1; ++i) {
+      if (nngp) nngp[i * n2 + i] = p1.q[i];
+      if (ntk) ntk[i * n2 + i] = p1.t[i];
+    }
+  }
+}
+
+BuildInfo build_info() {
+  BuildInfo info;
+#ifdef _OPENMP
+  info.openmp = _OPENMP;
+#else
+  info.openmp = 0;
+#endif
+  info.blas = blas::config();
+  info.blas_core = blas::core();
+#if defined(__AVX512F__)
+  info.simd = "AVX-512";
+  info.simd_doubles = 8;
+#elif defined(__AVX2__)
+  info.simd = "AVX2";
+  info.simd_doubles = 4;
+#elif defined(__SSE2__)
+  info.simd = "SSE2";
+  info.simd_doubles = 2;
+#elif defined(__ARM_NEON)
+  info.simd = "NEON";
+  info.simd_doubles = 2;
+#else
+  info.simd = "scalar";
+  info.simd_doubles = 1;
+#endif
+  info.libmvec = FASTNTK_HAVE_LIBMVEC;
+  info.max_threads = omp_get_max_threads();
+  return info;
+}
+
+}  // namespace fastntk::cpu

@@ -1,0 +1,54 @@
+// fastntk: the CPU driver of the analytic NNGP / NTK Gram matrices (C++ API).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+#include "fastntk/program.hpp"
+
+namespace fastntk {
+
+// Thrown when the interrupt callback asked the computation to stop.
+struct Interrupted : std::runtime_error {
+  Interrupted() : std::runtime_error("fastntk: computation interrupted") {}
+};
+
+namespace cpu {
+
+struct GramOptions {
+  int n_threads = 0;  // 0: OpenMP's default (OMP_NUM_THREADS or the core count)
+  int tile = 0;       // rows and columns of a tile; 0: chosen from the sizes and threads
+  // Polled by the calling thread between tiles, at most every 50 ms; returning true
+  // stops the work (the outputs are then incomplete) and throws Interrupted.
+  std::function<bool()> interrupted;
+};
+
+// The NNGP and/or NTK of `prog` between the rows of x1 and x2.
+//   x1:   [n1, d] row-major
+//   x2:   [n2, d] row-major, or nullptr for x2 = x1 (symmetric: upper tiles computed, then mirrored;
+//         the diagonal is taken from the exact diagonal maps)
+//   nngp: [n1, n2] row-major output, or nullptr if not wanted
+//   ntk:  [n1, n2] row-major output, or nullptr if not wanted
+// Throws std::invalid_argument on bad sizes or where a layer's kernel diverges for the data.
+void ntk_gram_cpu(const Program& prog, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
+                  std::int64_t d, double* nngp, double* ntk, const GramOptions& opt = {});
+
+// The tile size the driver would choose.
+int default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads);
+
+// Build facts: OpenMP version, BLAS configuration, the SIMD width of the recursion loops.
+struct BuildInfo {
+  int openmp;            // _OPENMP date, 0 without OpenMP
+  std::string blas;      // the BLAS library's own configuration string
+  std::string blas_core; // the BLAS kernel family in use
+  std::string simd;      // instruction set the recursion was compiled for
+  int simd_doubles;      // doubles per vector register in the recursion loops
+  bool libmvec;          // transcendental calls vectorized through glibc's libmvec
+  int max_threads;       // OpenMP's default team size
+};
+BuildInfo build_info();
+
+}  // namespace cpu
+}  // namespace fastntk

@@ -1,0 +1,293 @@
+// fastntk: the dual maps of each activation, written once for host and device.
+//
+// For (u, v) ~ N(0, [[qx, s], [s, qy]]) every map gives
+//   F(qx, qy, s) = E[phi(u) phi(v)]      (the new NNGP entry)
+//   S(qx, qy, s) = E[phi'(u) phi'(v)]    (the factor on the NTK entry)
+// and, on the diagonal s = qx = qy = q, the closed forms F(q, q, q) and S(q, q, q).
+// The conventions (parameter scalings, fill values) are those of Neural Tangents
+// 0.6.5; see DESIGN.md section 2.1.
+//
+// Per point the driver keeps a few numbers derived from q (a Stats record, filled by
+// `stats`), so that the per-pair work holds no division or square root of q:
+// which numbers depends on the map and is documented on each `stats`.
+//
+// The diagonal is computed by `diag`, never by `pair` at s = q: the pair formulas
+// go through a correlation that rounds to 1 - 1e-16 and whose arc-cosine then
+// carries an error of 1e-8. Drivers write the diagonal of a symmetric Gram from
+// `diag`, which is exact.
+#pragma once
+
+#include <cmath>
+
+#include "fastntk/config.hpp"
+#include "fastntk/program.hpp"
+
+namespace fastntk {
+
+struct Stats {
+  double q, a, b, c;
+};
+
+namespace detail {
+
+// The correlation, clamped to [-1, 1]: rounding in s * (1/sqrt(qx)) * (1/sqrt(qy))
+// can step outside by an ulp, where acos and sqrt(1 - c^2) would return NaN.
+FASTNTK_HD FASTNTK_ALWAYS_INLINE double clamp_unit(double c) {
+  c = c > 1.0 ? 1.0 : c;
+  return c < -1.0 ? -1.0 : c;
+}
+
+// 1/sqrt(q), or 0 for a zero-variance point, whose correlation with anything is then
+// 0: the angle is pi/2, as Neural Tangents fills atan2(0, 0).
+FASTNTK_HD FASTNTK_ALWAYS_INLINE double inv_sqrt_or_zero(double q) { return q > 0.0 ? 1.0 / std::sqrt(q) : 0.0; }
+
+// sqrt(1 - c^2) as sqrt((1 - c)(1 + c)): 1 - c is exact for c in [1/2, 1], so the
+// sine keeps its relative accuracy for nearly parallel pairs.
+FASTNTK_HD FASTNTK_ALWAYS_INLINE double sine_of(double c) { return std::sqrt((1.0 - c) * (1.0 + c)); }
+
+// Horner evaluation of sum_k p[k] c^k, k = 0..n.
+FASTNTK_HD FASTNTK_ALWAYS_INLINE double poly(const double* p, int n, double c) {
+  double acc = p[n];
+  for (int k = n - 1; k >= 0; --k) acc = acc * c + p[k];
+  return acc;
+}
+
+// sum_j coef[j] s^(n-2j) v^j, j = 0..n/2 (see detail::monomial_coefficients).
+FASTNTK_HD FASTNTK_ALWAYS_INLINE double wick(const double* coef, int n, double s, double v) {
+  const double u = s * s;
+  double acc = coef[0];
+  double vp = 1.0;
+  for (int j = 1; 2 * j <= n; ++j) {
+    vp *= v;
+    acc = acc * u + coef[j] * vp;
+  }
+  return (n & 1) ? acc * s : acc;
+}
+
+// q^k for a small non-negative integer k, with 0^0 = 1.
+FASTNTK_HD FASTNTK_ALWAYS_INLINE double ipow(double q, int k) {
+  double r = 1.0;
+  for (int i = 0; i < k; ++i) r *= q;
+  return r;
+}
+
+}  // namespace detail
+
+// a min(x, 0) + b max(x, 0). p = [(a^2 + b^2)/2, (a - b)^2/(2 pi)].
+// Stats: a = sqrt(q), b = 1/sqrt(q) (0 at q = 0).
+struct ABReluMap {
+  FASTNTK_HD static Stats stats(const Op&, const double*, double q) {
+    return Stats{q, std::sqrt(q), detail::inv_sqrt_or_zero(q), 0.0};
+  }
+  template <bool Ntk>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const Stats& x, const Stats& y,
+                                                    double& s, double& t) {
+    const double c = detail::clamp_unit(s * x.b * y.b);
+    const double theta = std::acos(c);
+    const double dot = op.p[0] - op.p[1] * theta;
+    const double r = x.a * y.a * detail::sine_of(c);
+    if (Ntk) t *= dot;
+    s = op.p[1] * r + dot * s;
+  }
+  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
+    f = op.p[0] * q;
+    dot = op.p[0];
+  }
+};
+
+// a erf(b x) + c. p = [a^2, b^2, c^2]. With q scaled by b^2 and rho = 2 s / sqrt((1 + 2 qx)(1 + 2 qy)):
+// F = (2/pi) asin(rho), S = (4/pi) / sqrt((1 + 2 qx)(1 + 2 qy) (1 - rho^2)).
+// Stats: a = 1/sqrt(1 + 2 b^2 q).
+struct ErfMap {
+  FASTNTK_HD static Stats stats(const Op& op, const double*, double q) {
+    return Stats{q, 1.0 / std::sqrt(1.0 + 2.0 * op.p[1] * q), 0.0, 0.0};
+  }
+  template <bool Ntk>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const Stats& x, const Stats& y,
+                                                    double& s, double& t) {
+    const double e = x.a * y.a;
+    const double rho = 2.0 * op.p[1] * s * e;
+    if (Ntk) t *= op.p[0] * op.p[1] * (4.0 * kInvPi) * e / detail::sine_of(rho);
+    s = op.p[0] * (2.0 * kInvPi) * std::asin(rho) + op.p[2];
+  }
+  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
+    const double qb = op.p[1] * q;
+    f = op.p[0] * (2.0 * kInvPi) * std::atan2(qb, std::sqrt(qb + 0.25)) + op.p[2];
+    dot = op.p[0] * op.p[1] * (4.0 * kInvPi) / std::sqrt(1.0 + 4.0 * qb);
+  }
+};
+
+// sign(x): F = 1 - 2 theta / pi; its derivative vanishes almost everywhere, so the NTK
+// entry becomes 0 (as in Neural Tangents). Stats: b = 1/sqrt(q) (0 at q = 0).
+struct SignMap {
+  FASTNTK_HD static Stats stats(const Op&, const double*, double q) {
+    return Stats{q, 0.0, detail::inv_sqrt_or_zero(q), 0.0};
+  }
+  template <bool Ntk>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op&, const double*, const Stats& x, const Stats& y, double& s,
+                                                    double& t) {
+    const double c = detail::clamp_unit(s * x.b * y.b);
+    if (Ntk) t = 0.0;
+    s = 1.0 - 2.0 * kInvPi * std::acos(c);
+  }
+  FASTNTK_HD static void diag(const Op&, const double*, double q, double& f, double& dot) {
+    f = q == 0.0 ? 0.0 : 1.0;
+    dot = 0.0;
+  }
+};
+
+// x Phi(x) (exact Gelu). With P = qx qy, P1 = (qx + 1)(qy + 1), d^2 = P1 - s^2 (>= 1):
+// F = s/4 + ((s^2 + P d^2) / (P1 d) + s atan2(s, d)) / (2 pi),
+// S = 1/4 + atan2(s, d) / (2 pi) + s / (2 pi d) (1/d^2 + (1 - P)/P1 + 1).
+// Stats: a = q + 1.
+struct GeluMap {
+  FASTNTK_HD static Stats stats(const Op&, const double*, double q) { return Stats{q, q + 1.0, 0.0, 0.0}; }
+  template <bool Ntk>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op&, const double*, const Stats& x, const Stats& y, double& s,
+                                                    double& t) {
+    const double prod = x.q * y.q;
+    const double prod1 = x.a * y.a;
+    const double d2 = prod1 - s * s;
+    const double d = std::sqrt(d2);
+    const double angle = std::atan2(s, d);
+    if (Ntk) t *= 0.25 + kInvTwoPi * (angle + s / d * (1.0 / d2 + (1.0 - prod) / prod1 + 1.0));
+    s = 0.25 * s + kInvTwoPi * ((s * s + prod * d2) / (prod1 * d) + s * angle);
+  }
+  FASTNTK_HD static void diag(const Op&, const double*, double q, double& f, double& dot) {
+    const double d2 = 1.0 + 2.0 * q;
+    const double d = std::sqrt(d2);
+    const double angle = std::atan2(q, d);
+    const double q1 = q + 1.0;
+    f = q * (0.25 + kInvPi * (q / (q1 * d) + 0.5 * angle));
+    dot = 0.25 + kInvTwoPi * (angle + q / d * (1.0 / d2 + (1.0 - q * q) / (q1 * q1) + 1.0));
+  }
+};
+
+// a sin(b x + c) (Cos shifts c by pi/2). p = [a^2/2, b^2, cos(2c)]. With h = (qx + qy)/2:
+// F = a^2/2 (e^{b^2 (s - h)} - e^{-b^2 (s + h)} cos 2c), S = a^2 b^2/2 (e^{b^2 (s - h)} + e^{-b^2 (s + h)} cos 2c).
+// Both exponents are <= 0 since |s| <= h. Stats: none beyond q.
+struct SinMap {
+  FASTNTK_HD static Stats stats(const Op&, const double*, double q) { return Stats{q, 0.0, 0.0, 0.0}; }
+  template <bool Ntk>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const Stats& x, const Stats& y,
+                                                    double& s, double& t) {
+    const double h = 0.5 * (x.q + y.q);
+    const double e1 = std::exp(op.p[1] * (s - h));
+    const double e2 = std::exp(-op.p[1] * (s + h)) * op.p[2];
+    if (Ntk) t *= op.p[0] * op.p[1] * (e1 + e2);
+    s = op.p[0] * (e1 - e2);
+  }
+  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
+    const double e2 = std::exp(-2.0 * op.p[1] * q) * op.p[2];
+    f = op.p[0] * (1.0 - e2);
+    dot = op.p[0] * op.p[1] * (1.0 + e2);
+  }
+};
+
+// sqrt(2) sin(sqrt(2 gamma) x + pi/4): F = exp(-gamma (qx + qy - 2 s)), S = 2 gamma F. p = [gamma].
+struct RbfMap {
+  FASTNTK_HD static Stats stats(const Op&, const double*, double q) { return Stats{q, 0.0, 0.0, 0.0}; }
+  template <bool Ntk>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const Stats& x, const Stats& y,
+                                                    double& s, double& t) {
+    const double f = std::exp(op.p[0] * (2.0 * s - x.q - y.q));
+    if (Ntk) t *= 2.0 * op.p[0] * f;
+    s = f;
+  }
+  FASTNTK_HD static void diag(const Op& op, const double*, double, double& f, double& dot) {
+    f = 1.0;
+    dot = 2.0 * op.p[0];
+  }
+};
+
+// a exp(b x): F = a^2 e^{b^2 ((qx + qy)/2 + s)}, S = b^2 F. p = [a^2, b^2].
+struct ExpMap {
+  FASTNTK_HD static Stats stats(const Op&, const double*, double q) { return Stats{q, 0.0, 0.0, 0.0}; }
+  template <bool Ntk>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const Stats& x, const Stats& y,
+                                                    double& s, double& t) {
+    const double f = op.p[0] * std::exp(op.p[1] * (0.5 * (x.q + y.q) + s));
+    if (Ntk) t *= op.p[1] * f;
+    s = f;
+  }
+  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
+    f = op.p[0] * std::exp(2.0 * op.p[1] * q);
+    dot = op.p[1] * f;
+  }
+};
+
+// a exp(b x^2): with D = sqrt((1 - 2 b qx)(1 - 2 b qy) - 4 b^2 s^2),
+// F = a^2 / D, S = 4 a^2 b^2 s / D^3. p = [a^2, b, 4 b^2]. Stats: a = 1 - 2 b q.
+struct GaussianMap {
+  FASTNTK_HD static Stats stats(const Op& op, const double*, double q) {
+    return Stats{q, 1.0 - 2.0 * op.p[1] * q, 0.0, 0.0};
+  }
+  template <bool Ntk>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const Stats& x, const Stats& y,
+                                                    double& s, double& t) {
+    const double inv = 1.0 / std::sqrt(x.a * y.a - op.p[2] * s * s);
+    if (Ntk) t *= op.p[0] * op.p[2] * s * inv * inv * inv;
+    s = op.p[0] * inv;
+  }
+  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
+    const double inv = 1.0 / std::sqrt(1.0 - 4.0 * op.p[1] * q);
+    f = op.p[0] * inv;
+    dot = op.p[0] * op.p[2] * q * inv * inv * inv;
+  }
+};
+
+// x^n: F = E[u^n v^n], S = n^2 E[u^(n-1) v^(n-1)], both by Wick's theorem.
+// p = [n^2, (2n-1)!!, (2n-3)!!]; coef = the two Wick tables.
+struct MonomialMap {
+  FASTNTK_HD static Stats stats(const Op&, const double*, double q) { return Stats{q, 0.0, 0.0, 0.0}; }
+  template <bool Ntk>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double* coef, const Stats& x, const Stats& y,
+                                                    double& s, double& t) {
+    const int n = op.degree;
+    const double* c = coef + op.coef;
+    const double v = x.q * y.q;
+    if (Ntk) t *= op.p[0] * detail::wick(c + n / 2 + 1, n - 1, s, v);
+    s = detail::wick(c, n, s, v);
+  }
+  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
+    f = op.p[1] * detail::ipow(q, op.degree);
+    dot = op.p[0] * op.p[2] * detail::ipow(q, op.degree - 1);
+  }
+};
+
+// (x >= 0) x^n, the arc-cosine kernel of order n:
+// F = (qx qy)^(n/2) J_n(theta) / (2 pi), S = n^2 (qx qy)^((n-1)/2) J_{n-1}(theta) / (2 pi),
+// J_n = A_n(c) (pi - theta) + sin(theta) B_n(c). At c = 1 this is the exact limit
+// (2n-1)!! q^n / 2, where Neural Tangents' formula divides 0 by 0.
+// p = [n^2, (2n-1)!!/2, (2n-3)!!/2]. Stats: a = q^(n/2), b = 1/sqrt(q) (0 at q = 0), c = q^((n-1)/2).
+struct RectifiedMonomialMap {
+  FASTNTK_HD static Stats stats(const Op& op, const double*, double q) {
+    const double r = std::sqrt(q);
+    const int n = op.degree;
+    // q^(n/2) = q^floor(n/2) * sqrt(q)^(n mod 2), exact powers where possible.
+    const double an = detail::ipow(q, n / 2) * ((n & 1) ? r : 1.0);
+    const double an1 = detail::ipow(q, (n - 1) / 2) * (((n - 1) & 1) ? r : 1.0);
+    return Stats{q, an, detail::inv_sqrt_or_zero(q), an1};
+  }
+  template <bool Ntk>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double* coef, const Stats& x, const Stats& y,
+                                                    double& s, double& t) {
+    const int n = op.degree;
+    const double* table = coef + op.coef;  // A_n, B_n, A_{n-1}, B_{n-1}, n + 1 each
+    const double c = detail::clamp_unit(s * x.b * y.b);
+    const double rest = kPi - std::acos(c);
+    const double sine = detail::sine_of(c);
+    if (Ntk) {
+      const double j1 = detail::poly(table + 2 * (n + 1), n, c) * rest + sine * detail::poly(table + 3 * (n + 1), n, c);
+      t *= op.p[0] * x.c * y.c * kInvTwoPi * j1;
+    }
+    const double j = detail::poly(table, n, c) * rest + sine * detail::poly(table + (n + 1), n, c);
+    s = x.a * y.a * kInvTwoPi * j;
+  }
+  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
+    f = op.p[1] * detail::ipow(q, op.degree);
+    dot = op.p[0] * op.p[2] * detail::ipow(q, op.degree - 1);
+  }
+};
+
+}  // namespace fastntk

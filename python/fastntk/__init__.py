@@ -1,0 +1,111 @@
+"""fastntk: exact infinite-width NNGP and neural tangent kernels, fast.
+
+Build a network from layers with :func:`serial` and evaluate its kernels::
+
+    import numpy as np, fastntk as nt
+    net = nt.serial(nt.Dense(512), nt.Relu(), nt.Dense(1))
+    k = net.kernel(np.random.randn(100, 10))      # k.nngp, k.ntk: (100, 100) float64
+"""
+
+__version__ = "0.1.0"
+
+
+
+def _load_blas() -> None:
+    """Load fastntk's own OpenBLAS (the scipy-openblas32 package) before _core.
+
+    _core links against libscipy_openblas.so; importing the package loads that library
+    and the dynamic loader then resolves _core's dependency by its soname, wherever
+    the two were installed. The copy is private to fastntk (NumPy and SciPy carry
+    their own), so it is configured here, at load time, where OpenBLAS reads its
+    environment:
+    - kernels: OpenBLAS's own CPU detection, or FASTNTK_BLAS_CORETYPE (e.g. Haswell,
+      SkylakeX) if set. A process-wide OPENBLAS_CORETYPE, meant for NumPy's copy, is
+      not applied to this one;
+    - threads: none of its own. fastntk calls BLAS from inside its OpenMP threads,
+      one tile each, and a second thread pool would only compete with them.
+    The environment is restored afterwards, so libraries loaded later see it unchanged.
+    """
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS")}
+    coretype = os.environ.get("FASTNTK_BLAS_CORETYPE", "auto")
+    try:
+        if coretype.lower() == "auto":
+            os.environ.pop("OPENBLAS_CORETYPE", None)
+        else:
+            os.environ["OPENBLAS_CORETYPE"] = coretype
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        import scipy_openblas32  # noqa: F401
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_load_blas()
+
+from . import _core  # noqa: E402  (isort: skip)
+from ._threads import get_num_threads, set_num_threads  # noqa: E402
+from .layers import (  # noqa: E402
+    ABRelu,
+    Abs,
+    Activation,
+    Cos,
+    Dense,
+    Erf,
+    Exp,
+    Gaussian,
+    Gelu,
+    Identity,
+    Layer,
+    LeakyRelu,
+    Monomial,
+    Rbf,
+    RectifiedMonomial,
+    Relu,
+    Sign,
+    Sin,
+)
+from .network import Network, serial  # noqa: E402
+
+
+def build_info() -> dict:
+    """What this build contains: version, compiler and flags, OpenMP, BLAS, SIMD width, CUDA."""
+    return dict(_core.build_info())
+
+
+def has_cuda() -> bool:
+    """True if this build has the CUDA backend (and can therefore take CuPy arrays)."""
+    return bool(_core.build_info()["cuda"])
+
+
+__all__ = [
+    "ABRelu",
+    "Abs",
+    "Activation",
+    "Cos",
+    "Dense",
+    "Erf",
+    "Exp",
+    "Gaussian",
+    "Gelu",
+    "Identity",
+    "Layer",
+    "LeakyRelu",
+    "Monomial",
+    "Network",
+    "Rbf",
+    "RectifiedMonomial",
+    "Relu",
+    "Sign",
+    "Sin",
+    "build_info",
+    "get_num_threads",
+    "has_cuda",
+    "serial",
+    "set_num_threads",
+    "__version__",
+]

@@ -1,0 +1,89 @@
+"""Array handling shared by the public functions: input checks, conversion, outputs.
+
+NumPy handling stays here (dtype, contiguity, allocation) so that the native code
+receives plain C-contiguous float64 buffers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def is_cupy(x) -> bool:
+    """True for a CuPy array, checked without importing CuPy."""
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def require_numpy(x, name: str) -> None:
+    if is_cupy(x):
+        raise TypeError(
+            f"{name} is a CuPy array, but fastntk was built without CUDA; pass a NumPy array "
+            f"({name}.get()) or install a CUDA build (see fastntk.build_info())"
+        )
+
+
+def as_input(x, name: str) -> np.ndarray:
+    """x as a C-contiguous float64 array of shape (N, d), d >= 1, all finite.
+
+    Integer, boolean, float32 and non-contiguous inputs are accepted and converted;
+    complex or non-numeric data, other shapes, NaN and Inf raise.
+    """
+    a = np.asarray(x)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array of shape (N, d), got shape {a.shape}")
+    if a.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one feature (d >= 1), got shape {a.shape}")
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    if a.shape[0] > 0:
+        # Row sums are finite for all but rows holding NaN/Inf (or overflowing sums,
+        # re-checked exactly): O(N) extra memory instead of an (N, d) mask.
+        suspects = np.flatnonzero(~np.isfinite(a.sum(axis=1)))
+        for i in suspects:
+            if not np.isfinite(a[i]).all():
+                raise ValueError(f"{name} has a non-finite value (NaN or Inf) in row {int(i)}")
+    return a
+
+
+def available_memory() -> int | None:
+    """Bytes that can be allocated now (MemAvailable + SwapFree on Linux), or None if unknown."""
+    try:
+        fields = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, value = line.split(":", 1)
+                fields[key] = int(value.split()[0]) * 1024
+        return fields["MemAvailable"] + fields.get("SwapFree", 0)
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def empty_outputs(count: int, n1: int, n2: int) -> list:
+    """count float64 arrays of shape (n1, n2), or MemoryError before any work starts."""
+    needed = count * n1 * n2 * 8
+    message = (
+        f"fastntk: the requested kernel{'s' if count > 1 else ''} need {needed} bytes ({_human(needed)}) "
+        f"for {count} float64 array{'s' if count > 1 else ''} of shape ({n1}, {n2})"
+    )
+    available = available_memory()
+    if available is not None and needed > available:
+        raise MemoryError(f"{message}, but only {available} bytes ({_human(available)}) are available")
+    try:
+        return [np.empty((n1, n2), dtype=np.float64) for _ in range(count)]
+    except (MemoryError, ValueError) as exc:
+        raise MemoryError(f"{message}, which could not be allocated") from exc
