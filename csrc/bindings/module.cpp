@@ -7,6 +7,7 @@ namespace py = pybind11;
 
 void bind_program(py::module_& m);
 void bind_ntk_gram(py::module_& m);
+void bind_dual_map(py::module_& m);
 
 #ifndef FASTNTK_VERSION
 #define FASTNTK_VERSION "unknown"
@@ -23,6 +24,7 @@ PYBIND11_MODULE(_core, m) {
 
   bind_program(m);
   bind_ntk_gram(m);
+  bind_dual_map(m);
 
   m.def(
       "build_info",

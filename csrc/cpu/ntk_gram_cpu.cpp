@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <exception>
 #include <limits>
@@ -52,14 +53,17 @@ Points point_pass(const ProgramView& prog, const double* x, Index n, Index d, in
   for (Index i = 0; i < n; ++i) {
     const double* row = x + i * d;
     const double q0 = blas::dot(static_cast<int>(d), row, row) * inv_d;
-    bool ok = true;
-    point_recursion(prog, q0, pts.table.data(), n, i, pts.q[i], pts.t[i], ok);
+    bool ok = std::isfinite(q0);
+    if (ok) point_recursion(prog, q0, pts.table.data(), n, i, pts.q[i], pts.t[i], ok);
     if (!ok) first_bad = std::min(first_bad, i);
   }
   if (first_bad < n) {
-    // Only Gaussian(b > 0) can fail: find which layer, for the message.
     const double* row = x + first_bad * d;
     double q = blas::dot(static_cast<int>(d), row, row) * inv_d, t = 0.0;
+    if (!std::isfinite(q))
+      throw std::invalid_argument("row " + std::to_string(first_bad) + " of " + name +
+                                  ": its squared norm overflows float64 (|x|^2 > 1.8e308); scale the inputs down");
+    // Otherwise a Gaussian(b > 0) layer diverges: find which, for the message.
     for (int k = 0; k < prog.n_ops; ++k) {
       const Op& op = prog.ops[k];
       if (op.kind == OpKind::Dense) {

@@ -41,7 +41,8 @@ def as_input(x, name: str) -> np.ndarray:
     if a.shape[0] > 0:
         # Row sums are finite for all but rows holding NaN/Inf (or overflowing sums,
         # re-checked exactly): O(N) extra memory instead of an (N, d) mask.
-        suspects = np.flatnonzero(~np.isfinite(a.sum(axis=1)))
+        with np.errstate(over="ignore", invalid="ignore"):
+            suspects = np.flatnonzero(~np.isfinite(a.sum(axis=1)))
         for i in suspects:
             if not np.isfinite(a[i]).all():
                 raise ValueError(f"{name} has a non-finite value (NaN or Inf) in row {int(i)}")

@@ -30,11 +30,19 @@ struct Stats {
 
 namespace detail {
 
-// The correlation, clamped to [-1, 1]: rounding in s * (1/sqrt(qx)) * (1/sqrt(qy))
-// can step outside by an ulp, where acos and sqrt(1 - c^2) would return NaN.
+// The correlation c = s * (1/sqrt(qx)) * (1/sqrt(qy)), clamped to [-1, 1] and snapped to
+// +-1 within 8 ulps of it. Clamped: rounding can step outside [-1, 1], where acos
+// and sqrt(1 - c^2) return NaN. Snapped: the three roundings above leave c up to
+// ~4 ulps off, so a pair that is exactly parallel (duplicate inputs, two zero
+// inputs after a bias, every pair of a deep network that has converged to its
+// fixed point) would see c = 1 - 2e-16, whose arc-cosine is 2e-8 instead of 0: an
+// error of 1e-8 in every derivative factor. Within 8 ulps a computed c cannot be
+// told apart from +-1, and the arc-cosine there is below the 4e-8 that its own
+// rounding already allows, so snapping loses nothing and makes parallel pairs exact.
 FASTNTK_HD FASTNTK_ALWAYS_INLINE double clamp_unit(double c) {
-  c = c > 1.0 ? 1.0 : c;
-  return c < -1.0 ? -1.0 : c;
+  constexpr double kSnap = 1.0 - 8.0 * 2.220446049250313e-16;
+  c = c > kSnap ? 1.0 : c;
+  return c < -kSnap ? -1.0 : c;
 }
 
 // 1/sqrt(q), or 0 for a zero-variance point, whose correlation with anything is then
@@ -91,7 +99,8 @@ struct ABReluMap {
   }
   FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
     f = op.p[0] * q;
-    dot = op.p[0];
+    // At q = 0 the kink makes S a convention; take the pair map's (angle pi/2).
+    dot = q > 0.0 ? op.p[0] : op.p[0] - op.p[1] * (0.5 * kPi);
   }
 };
 
@@ -117,8 +126,9 @@ struct ErfMap {
   }
 };
 
-// sign(x): F = 1 - 2 theta / pi; its derivative vanishes almost everywhere, so the NTK
-// entry becomes 0 (as in Neural Tangents). Stats: b = 1/sqrt(q) (0 at q = 0).
+// sign(x): F = 1 - 2 theta / pi = (2/pi) asin(c), the second form exact at c = 0; its
+// derivative vanishes almost everywhere, so the NTK entry becomes 0 (as in Neural
+// Tangents). Stats: b = 1/sqrt(q) (0 at q = 0).
 struct SignMap {
   FASTNTK_HD static Stats stats(const Op&, const double*, double q) {
     return Stats{q, 0.0, detail::inv_sqrt_or_zero(q), 0.0};
@@ -128,7 +138,7 @@ struct SignMap {
                                                     double& t) {
     const double c = detail::clamp_unit(s * x.b * y.b);
     if (Ntk) t = 0.0;
-    s = 1.0 - 2.0 * kInvPi * std::acos(c);
+    s = 2.0 * kInvPi * std::asin(c);
   }
   FASTNTK_HD static void diag(const Op&, const double*, double q, double& f, double& dot) {
     f = q == 0.0 ? 0.0 : 1.0;
@@ -287,6 +297,8 @@ struct RectifiedMonomialMap {
   FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
     f = op.p[1] * detail::ipow(q, op.degree);
     dot = op.p[0] * op.p[2] * detail::ipow(q, op.degree - 1);
+    // Degree 1 at q = 0: S = (pi - theta) / (2 pi) at the conventional angle pi/2, as the pair map.
+    if (q == 0.0 && op.degree == 1) dot = 0.25;
   }
 };
 

@@ -1,0 +1,141 @@
+"""Benchmark of the analytic Gram matrices: fastntk vs the NumPy reference vs one GEMM.
+
+    python bench/bench_kernels.py [--quick] [--no-reference] [--json FILE]
+
+For N in {1000, 4000}, d in {16, 784}, a depth-5 MLP (relu and erf), x2=None and
+x2 != x1, nngp + ntk in float64, it measures in one run:
+  - fastntk: net.kernel(x1, x2), best of 3;
+  - reference: tests/reference.py (plain NumPy, the test oracle), one run;
+  - numpy GEMM: x1 @ x2.T of the same shape (for x2=None, x @ x.T, which NumPy
+    evaluates as a symmetric rank-k update): the cost floor of any method that
+    needs all inner products;
+  - own GEMM: fastntk with depth 0 and get='nngp', i.e. the same tiled BLAS calls
+    and output writes with no recursion: what the recursion adds is the difference;
+and the ratios, pair-layers per second (pairs actually computed x depth) and the
+peak resident memory beyond the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+from _common import ROOT, best_time, machine, markdown_table, peak_extra_bytes, write_json
+
+sys.path.insert(0, str(ROOT / "tests"))
+from reference import ntk_gram_ref  # noqa: E402
+
+import fastntk as nt  # noqa: E402
+
+DEPTH = 5
+
+
+def network(act: str, depth: int):
+    layer = {"relu": nt.Relu, "erf": nt.Erf}[act]
+    layers = [nt.Dense(W_std=1.5, b_std=0.1)]
+    for _ in range(depth):
+        layers += [layer(), nt.Dense(W_std=1.5, b_std=0.1)]
+    return nt.serial(*(layers[:-1] if depth == 0 else layers))
+
+
+def reference_spec(act: str, depth: int):
+    ref = {"relu": ("abrelu", dict(a=0.0, b=1.0)), "erf": ("erf", dict(a=1.0, b=1.0, c=0.0))}[act]
+    d = ("dense", dict(W_std=1.5, b_std=0.1, parameterization="ntk", out_dim=None))
+    spec = [d]
+    for _ in range(depth):
+        spec += [ref, d]
+    return spec
+
+
+# Inputs for the memory measurements in a fresh interpreter (bench/ is the working directory).
+_SETUP = """
+import sys, numpy as np
+sys.path.insert(0, "../tests")
+from reference import ntk_gram_ref
+from bench_kernels import network, reference_spec, DEPTH
+rng = np.random.default_rng(0)
+x1 = rng.standard_normal(({n}, {d}))
+b = None if {sym} else rng.standard_normal(({n}, {d}))
+net = network("{act}", DEPTH)
+spec = reference_spec("{act}", DEPTH)
+"""
+
+
+def run(sizes, dims, acts, with_reference: bool):
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in sizes:
+        for d in dims:
+            x1 = rng.standard_normal((n, d))
+            x2 = rng.standard_normal((n, d))
+            for act in acts:
+                net = network(act, DEPTH)
+                gemm_only = nt.serial(nt.Dense(b_std=None))
+                for sym in (True, False):
+                    b = None if sym else x2
+                    pairs = n * (n + 1) // 2 if sym else n * n
+                    out_bytes = 2 * n * n * 8
+                    t_ours = best_time(lambda: net.kernel(x1, b))
+                    t_numpy = best_time(lambda: x1 @ x1.T if sym else x1 @ x2.T)
+                    t_own = best_time(lambda: gemm_only.kernel(x1, b, get="nngp"))
+                    setup = _SETUP.format(n=n, d=d, act=act, sym=sym)
+                    mem = peak_extra_bytes(setup, "net.kernel(x1, b)", out_bytes)
+                    t_ref = mem_ref = None
+                    if with_reference:
+                        t_ref = best_time(lambda: ntk_gram_ref(reference_spec(act, DEPTH), x1, b), repeat=1)
+                        mem_ref = peak_extra_bytes(setup, "ntk_gram_ref(spec, x1, b)", out_bytes)
+                    rows.append(dict(
+                        N=n, d=d, act=act, x2="None" if sym else "other", fastntk_s=t_ours, reference_s=t_ref,
+                        numpy_gemm_s=t_numpy, own_gemm_s=t_own, vs_numpy_gemm=t_ours / t_numpy,
+                        vs_own_gemm=t_ours / t_own, reference_over_fastntk=None if t_ref is None else t_ref / t_ours,
+                        pair_layers_per_s=pairs * DEPTH / t_ours, output_bytes=out_bytes, extra_bytes=mem,
+                        extra_over_output=None if mem is None else mem / out_bytes, reference_extra_bytes=mem_ref,
+                    ))  # fmt: skip
+                    print(_row_text(rows[-1]), flush=True)
+    return rows
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def _row_text(r):
+    return (f"N={r['N']:5d} d={r['d']:4d} {r['act']:4s} x2={r['x2']:5s} fastntk {r['fastntk_s']:.4f}s "
+            f"ref {_fmt(r['reference_s'], '.3f')}s numpy-gemm {r['numpy_gemm_s']:.4f}s "
+            f"own-gemm {r['own_gemm_s']:.4f}s")  # fmt: skip
+
+
+def table(rows) -> str:
+    headers = ["N", "d", "act", "x2", "fastntk s", "reference s", "ref/fastntk", "GEMM s (numpy)",
+               "fastntk/GEMM", "own GEMM s", "fastntk/own GEMM", "pair-layers/s", "fastntk extra memory (of output)",
+               "reference extra memory"]  # fmt: skip
+    body = [[r["N"], r["d"], r["act"], r["x2"], f"{r['fastntk_s']:.4f}", _fmt(r["reference_s"], ".3f"),
+             _fmt(r["reference_over_fastntk"], ".0f"), f"{r['numpy_gemm_s']:.4f}", f"{r['vs_numpy_gemm']:.2f}",
+             f"{r['own_gemm_s']:.4f}", f"{r['vs_own_gemm']:.2f}", f"{r['pair_layers_per_s'] / 1e6:.0f} M",
+             _fmt(None if r["extra_bytes"] is None else r["extra_bytes"] / 2**20, ".2f") + " MiB ("
+             + _fmt(r["extra_over_output"], ".2%") + ")",
+             _fmt(None if r["reference_extra_bytes"] is None else r["reference_extra_bytes"] / 2**20, ".0f")
+             + " MiB"] for r in rows]  # fmt: skip
+    return markdown_table(headers, body)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes only (a smoke test)")
+    p.add_argument("--no-reference", action="store_true", help="skip the slow NumPy reference")
+    p.add_argument("--json", default="kernels.json", help="file name under bench/results (default kernels.json)")
+    args = p.parse_args(argv)
+    sizes, dims = ((300,), (16, 64)) if args.quick else ((1000, 4000), (16, 784))
+    rows = run(sizes, dims, ("relu", "erf"), not args.no_reference)
+    info = {"machine": machine(), "build": nt.build_info(), "threads": nt.get_num_threads(), "depth": DEPTH}
+    print()
+    print(f"fastntk {nt.__version__} on {info['machine'].get('cpu', '?')}, {info['threads']} threads, "
+          f"BLAS core {info['build']['blas_core']}, SIMD {info['build']['simd']}; depth {DEPTH}, float64, nngp+ntk")
+    print(table(rows))
+    path = write_json(args.json, {"info": info, "rows": rows})
+    print(f"\nJSON: {path}")
+
+
+if __name__ == "__main__":
+    main()
