@@ -160,6 +160,25 @@ struct Job {
   bool symmetric;
 };
 
+// out[j, i] = out[i, j] over the tile (its strict upper triangle for a diagonal tile),
+// in 16 x 16 blocks: each block's source rows stay in L1 while its destination rows
+// are written contiguously (a plain column scatter costs a cache miss per entry).
+void mirror_tile(double* out, Index ld, const Tile& tile) {
+  constexpr int kBlock = 16;
+  for (int rb = 0; rb < tile.m; rb += kBlock) {
+    const int re = std::min(rb + kBlock, tile.m);
+    for (int cb = tile.diagonal ? rb : 0; cb < tile.n; cb += kBlock) {
+      const int ce = std::min(cb + kBlock, tile.n);
+      for (int c = cb; c < ce; ++c) {
+        double* dst = out + (tile.j0 + c) * ld + tile.i0;
+        const double* src = out + tile.i0 * ld + tile.j0 + c;
+        const int r_end = tile.diagonal ? std::min(re, c) : re;
+        for (int r = rb; r < r_end; ++r) dst[r] = src[r * ld];
+      }
+    }
+  }
+}
+
 template <bool Ntk>
 void run_tile(const Job& job, const Tile& tile, double* c, int ldc, double* t) {
   const int d = static_cast<int>(job.d);
@@ -180,13 +199,10 @@ void run_tile(const Job& job, const Tile& tile, double* c, int ldc, double* t) {
     run_row<Ntk>(job.prog, job.t1, i, job.t2, j0, len, s, t);
     if (job.nngp) std::copy(s, s + len, job.nngp + i * job.n2 + j0);
     if (Ntk && job.ntk) std::copy(t, t + len, job.ntk + i * job.n2 + j0);
-    if (job.symmetric) {
-      // Mirror into column i of the rows j0 .. j0 + len.
-      for (int j = 0; j < len; ++j) {
-        if (job.nngp) job.nngp[(j0 + j) * job.n2 + i] = s[j];
-        if (Ntk && job.ntk) job.ntk[(j0 + j) * job.n2 + i] = t[j];
-      }
-    }
+  }
+  if (job.symmetric) {
+    if (job.nngp) mirror_tile(job.nngp, job.n2, tile);
+    if (Ntk && job.ntk) mirror_tile(job.ntk, job.n2, tile);
   }
 }
 
