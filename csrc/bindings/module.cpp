@@ -40,6 +40,7 @@ PYBIND11_MODULE(_core, m) {
         d["blas_core"] = info.blas_core;
         d["simd"] = info.simd;
         d["simd_doubles"] = info.simd_doubles;
+        d["simd_dispatch"] = info.simd_dispatch;
         d["libmvec"] = info.libmvec;
         d["cuda"] = false;
         return d;

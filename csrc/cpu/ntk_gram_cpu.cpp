@@ -206,6 +206,26 @@ void run_tile(const Job& job, const Tile& tile, double* c, int ldc, double* t) {
   }
 }
 
+// A portable x86-64 build (no -march) would vectorize the recursion for SSE2 only, where
+// GCC does not even vectorize the arc-cosine loops. So the tile function is cloned for
+// x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and the baseline, each clone with every
+// callee inlined (flatten) and compiled, libmvec calls included, for its instruction
+// set; the dynamic loader picks the clone for the running CPU once (an ifunc).
+// A native build (-march=...) compiles the one version it needs.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX2__)
+#define FASTNTK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
+#define FASTNTK_RUNTIME_DISPATCH 1
+#else
+#define FASTNTK_CLONES
+#define FASTNTK_RUNTIME_DISPATCH 0
+#endif
+FASTNTK_CLONES void run_tile_ntk(const Job& job, const Tile& tile, double* c, int ldc, double* t) {
+  run_tile<true>(job, tile, c, ldc, t);
+}
+FASTNTK_CLONES void run_tile_nngp(const Job& job, const Tile& tile, double* c, int ldc, double* t) {
+  run_tile<false>(job, tile, c, ldc, t);
+}
+
 }  // namespace
 
 int default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads) {
@@ -270,9 +290,9 @@ void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, con
     for (Index k = 0; k < n_tiles; ++k) {
       if (stop.load(std::memory_order_relaxed)) continue;
       if (ntk)
-        run_tile<true>(job, tiles[k], c.get(), ts, t.get());
+        run_tile_ntk(job, tiles[k], c.get(), ts, t.get());
       else
-        run_tile<false>(job, tiles[k], c.get(), ts, t.get());
+        run_tile_nngp(job, tiles[k], c.get(), ts, t.get());
       if (poller) {
         const auto now = std::chrono::steady_clock::now();
         if (now - last_poll > std::chrono::milliseconds(50)) {
@@ -311,7 +331,20 @@ BuildInfo build_info() {
 #endif
   info.blas = blas::config();
   info.blas_core = blas::core();
-#if defined(__AVX512F__)
+  info.simd_dispatch = FASTNTK_RUNTIME_DISPATCH;
+#if FASTNTK_RUNTIME_DISPATCH
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) {
+    info.simd = "AVX-512";
+    info.simd_doubles = 8;
+  } else if (__builtin_cpu_supports("x86-64-v3")) {
+    info.simd = "AVX2";
+    info.simd_doubles = 4;
+  } else {
+    info.simd = "SSE2";
+    info.simd_doubles = 2;
+  }
+#elif defined(__AVX512F__)
   info.simd = "AVX-512";
   info.simd_doubles = 8;
 #elif defined(__AVX2__)
