@@ -159,12 +159,16 @@ def test_gaussian_with_diverging_variance():
     """a exp(b x^2) with b > 0 has a finite kernel only while 4 b q < 1."""
     net = nt.serial(nt.Dense(b_std=None), nt.Gaussian(1.0, 0.5), nt.Dense())
     x = np.array([[0.1, 0.2], [3.0, 1.0], [5.0, 0.0]])  # q = 0.025, 5, 12.5
-    with pytest.raises(ValueError, match=r"Gaussian\(b=0\.5.*row 1 of x1 .*q=5\.0.*4\*b\*q < 1"):
+    with pytest.raises(ValueError, match=r"Gaussian\(b=0\.5.*\) at layer 1: row 1 of x1 .*q=5\.0.*4\*b\*q < 1"):
         net.kernel(x)
     with pytest.raises(ValueError, match=r"row 1 of x2"):
         net.kernel(x[:1], x)
     k = net.kernel(x[:1])  # q = 0.025: fine
     assert np.all(np.isfinite(k.ntk))
+    # The layer index is the one in serial(), Identity layers included.
+    net = nt.serial(nt.Dense(b_std=None), nt.Identity(), nt.Gaussian(1.0, 0.5), nt.Dense())
+    with pytest.raises(ValueError, match=r"at layer 2: row 1 of x1"):
+        net.kernel(x)
 
 
 def test_standard_parameterization_needs_the_widths():

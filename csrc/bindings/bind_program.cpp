@@ -30,6 +30,8 @@ void bind_program(py::module_& m) {
       .def("add_monomial", &Program::add_monomial, py::arg("degree"), py::return_value_policy::reference)
       .def("add_rectified_monomial", &Program::add_rectified_monomial, py::arg("degree"),
            py::return_value_policy::reference)
+      .def("set_layer", &Program::set_layer, py::arg("layer"), py::return_value_policy::reference,
+           "Tag the ops added from now on with this layer index (used in error messages).")
       .def_property_readonly("n_ops", &Program::n_ops)
       .def_property_readonly("n_activations", &Program::n_activations)
       .def_property_readonly("coefficients", &Program::coef, "The coefficient pool of the polynomial activations.");

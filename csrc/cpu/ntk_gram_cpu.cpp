@@ -53,33 +53,22 @@ Points point_pass(const ProgramView& prog, const double* x, Index n, Index d, in
   for (Index i = 0; i < n; ++i) {
     const double* row = x + i * d;
     const double q0 = blas::dot(static_cast<int>(d), row, row) * inv_d;
-    bool ok = std::isfinite(q0);
-    if (ok) point_recursion(prog, q0, pts.table.data(), n, i, pts.q[i], pts.t[i], ok);
-    if (!ok) first_bad = std::min(first_bad, i);
+    if (!std::isfinite(q0) || point_recursion(prog, q0, pts.table.data(), n, i, pts.q[i], pts.t[i]) >= 0)
+      first_bad = std::min(first_bad, i);
   }
   if (first_bad < n) {
     const double* row = x + first_bad * d;
-    double q = blas::dot(static_cast<int>(d), row, row) * inv_d, t = 0.0;
-    if (!std::isfinite(q))
-      throw std::invalid_argument("row " + std::to_string(first_bad) + " of " + name +
-                                  ": its squared norm overflows float64 (|x|^2 > 1.8e308); scale the inputs down");
-    // Otherwise a Gaussian(b > 0) layer diverges: find which, for the message.
-    for (int k = 0; k < prog.n_ops; ++k) {
-      const Op& op = prog.ops[k];
-      if (op.kind == OpKind::Dense) {
-        dense_pair<true>(op, q, t);
-        continue;
-      }
-      if (op.kind == OpKind::Gaussian && !(1.0 - 4.0 * op.p[1] * q > 0.0))
-        throw std::invalid_argument(
-            "Gaussian(b=" + std::to_string(op.p[1]) + ") at layer " + std::to_string(k) + ": row " +
-            std::to_string(first_bad) + " of " + name + " reaches the variance q=" + std::to_string(q) +
-            " before this layer, where E[exp(b u^2)^2] diverges (it needs 4*b*q < 1); scale the inputs down "
-            "or use b <= 0");
-      double f, dot;
-      activation_diag(op, prog.coef, q, f, dot);
-      q = f;
-    }
+    const double q0 = blas::dot(static_cast<int>(d), row, row) * inv_d;
+    const std::string where = "row " + std::to_string(first_bad) + " of " + name;
+    if (!std::isfinite(q0))
+      throw std::invalid_argument(where + ": its squared norm overflows float64 (|x|^2 > 1.8e308); scale the "
+                                  "inputs down");
+    double q, t;
+    const Op& op = prog.ops[point_recursion(prog, q0, pts.table.data(), n, first_bad, q, t)];
+    throw std::invalid_argument("Gaussian(b=" + std::to_string(op.p[1]) + ") at layer " + std::to_string(op.layer) +
+                                ": " + where + " reaches the variance q=" + std::to_string(q) +
+                                " before this layer, where E[exp(b u^2)^2] diverges (it needs 4*b*q < 1); scale "
+                                "the inputs down or use b <= 0");
   }
   return pts;
 }

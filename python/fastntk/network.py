@@ -82,7 +82,8 @@ class Network:
         if program is None:
             program = _core.Program()
             n_in = input_dim
-            for layer in self.layers:
+            for k, layer in enumerate(self.layers):
+                program.set_layer(k)
                 layer._emit(program, n_in)
                 if isinstance(layer, Dense) and layer.out_dim is not None:
                     n_in = layer.out_dim

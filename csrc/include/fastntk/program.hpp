@@ -49,7 +49,7 @@ struct Op {
   OpKind kind;
   std::int32_t degree;  // Monomial, RectifiedMonomial
   std::int32_t coef;    // offset of this op's coefficient tables in ProgramView::coef
-  std::int32_t flags;   // unused
+  std::int32_t layer;   // the index of the layer this op came from, for messages
   double p[kOpParams];  // kind-specific parameters, see the Program::add_* methods
 };
 
@@ -245,6 +245,13 @@ class Program {
     return push(op);
   }
 
+  // Ops added from now on report `layer` as their origin in error messages (default: the
+  // op's own index). The Python front end sets it to the index of the layer in serial().
+  Program& set_layer(int layer) {
+    layer_ = layer;
+    return *this;
+  }
+
   int n_ops() const { return static_cast<int>(ops_.size()); }
   int n_activations() const { return n_act_; }
   const std::vector<Op>& ops() const { return ops_; }
@@ -282,7 +289,8 @@ class Program {
     return push(op);
   }
 
-  Program& push(const Op& op) {
+  Program& push(Op op) {
+    op.layer = layer_ >= 0 ? layer_ : n_ops();
     ops_.push_back(op);
     return *this;
   }
@@ -303,6 +311,7 @@ class Program {
   std::vector<Op> ops_;
   std::vector<double> coef_;
   int n_act_ = 0;
+  int layer_ = -1;
   bool gaussian_ = false;
 };
 

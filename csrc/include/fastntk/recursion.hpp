@@ -83,19 +83,24 @@ struct PointTables {
 };
 
 // Runs the program over one point starting from q0 = x.x / d: writes the Stats of
-// each activation into the tables (column i) and returns the final diagonal
-// Sigma(x, x) and Theta(x, x). `ok` turns false where a map is undefined for this
-// point (Gaussian with 4 b q >= 1), and the point's later entries are then unspecified.
-FASTNTK_HD inline void point_recursion(const ProgramView& prog, double q0, double* table, long long n, long long i,
-                                       double& q_out, double& t_out, bool& ok) {
+// each activation into the tables (column i) and the final diagonal Sigma(x, x) and
+// Theta(x, x) into q_out, t_out. Returns -1, or the index of the first op whose map
+// is undefined for this point (Gaussian with 4 b q >= 1), with q_out then the
+// variance that reached it.
+FASTNTK_HD inline int point_recursion(const ProgramView& prog, double q0, double* table, long long n, long long i,
+                                      double& q_out, double& t_out) {
   double q = q0, t = 0.0;
   int a = 0;
-  ok = true;
   for (int k = 0; k < prog.n_ops; ++k) {
     const Op& op = prog.ops[k];
     if (op.kind == OpKind::Dense) {
       dense_pair<true>(op, q, t);
       continue;
+    }
+    if (op.kind == OpKind::Gaussian && !(1.0 - 4.0 * op.p[1] * q > 0.0)) {
+      q_out = q;
+      t_out = t;
+      return k;
     }
     const Stats st = activation_stats(op, prog.coef, q);
     double* col = table + 4LL * a * n + i;
@@ -103,7 +108,6 @@ FASTNTK_HD inline void point_recursion(const ProgramView& prog, double q0, doubl
     col[n] = st.a;
     col[2 * n] = st.b;
     col[3 * n] = st.c;
-    if (op.kind == OpKind::Gaussian && !(1.0 - 4.0 * op.p[1] * q > 0.0)) ok = false;
     double f, dot;
     activation_diag(op, prog.coef, q, f, dot);
     q = f;
@@ -112,6 +116,7 @@ FASTNTK_HD inline void point_recursion(const ProgramView& prog, double q0, doubl
   }
   q_out = q;
   t_out = t;
+  return -1;
 }
 
 // The whole recursion for one pair, given the point tables of both sides.
