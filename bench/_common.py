@@ -52,16 +52,21 @@ def peak_extra_bytes(setup: str, call: str, output_bytes: int) -> int | None:
         + "print((_kib('VmHWM') - _base) * 1024)\n"
     )
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             cwd=ROOT / "bench")
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT / "bench"
+        )
         return max(int(out.stdout.split()[-1]) - output_bytes, 0)
     except (subprocess.CalledProcessError, ValueError, IndexError, OSError):
         return None
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "python": sys.version.split()[0], "numpy": np.__version__,
-            "cpus": os.cpu_count()}
+    info = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "cpus": os.cpu_count(),
+    }
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -21,12 +21,13 @@ import argparse
 import sys
 
 import numpy as np
+
 from _common import ROOT, best_time, machine, markdown_table, peak_extra_bytes, write_json
 
 sys.path.insert(0, str(ROOT / "tests"))
-from reference import ntk_gram_ref  # noqa: E402
-
 import fastntk as nt  # noqa: E402
+
+from reference import ntk_gram_ref  # noqa: E402
 
 DEPTH = 5
 
@@ -124,14 +125,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes only (a smoke test)")
     p.add_argument("--no-reference", action="store_true", help="skip the slow NumPy reference")
-    p.add_argument("--json", default="kernels.json", help="file name under bench/results (default kernels.json)")
+    p.add_argument(
+        "--json", default="kernels.json", help="file name under bench/results (default kernels.json)"
+    )
     args = p.parse_args(argv)
     sizes, dims = ((300,), (16, 64)) if args.quick else ((1000, 4000), (16, 784))
     rows = run(sizes, dims, ("relu", "erf"), not args.no_reference)
     info = {"machine": machine(), "build": nt.build_info(), "threads": nt.get_num_threads(), "depth": DEPTH}
     print()
-    print(f"fastntk {nt.__version__} on {info['machine'].get('cpu', '?')}, {info['threads']} threads, "
-          f"BLAS core {info['build']['blas_core']}, SIMD {info['build']['simd']}; depth {DEPTH}, float64, nngp+ntk")
+    print(
+        f"fastntk {nt.__version__} on {info['machine'].get('cpu', '?')}, {info['threads']} threads, "
+        f"BLAS core {info['build']['blas_core']}, SIMD {info['build']['simd']}; depth {DEPTH}, float64, nngp+ntk"
+    )
     print(table(rows))
     path = write_json(args.json, {"info": info, "rows": rows})
     print(f"\nJSON: {path}")

@@ -203,7 +203,7 @@ class FiniteMLP:
         """
         res = []
         dense = [layer for layer in self.layers if isinstance(layer, Dense)]
-        for (layer, n_in, (W, b)), (h_in, delta) in zip(
+        for (layer, n_in, (_W, b)), (h_in, delta) in zip(
             zip(dense, self.dense_in, params), self._backward(params, x, output)
         ):
             cW, cb = layer.multipliers(n_in)

@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from conftest import TOL
-from quadrature import composite, gauss_hermite, polar
 
 import fastntk as nt
+
+from conftest import TOL
+from quadrature import composite, gauss_hermite, polar
 
 RTOL = TOL["quadrature"]
 # The n-vs-2n difference allowed for the quadrature itself (relative to the scale): the
@@ -275,7 +276,7 @@ def converged(act: Act, which: str, qx, qy, c, scale=None):
     return fine
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def diagonal_expectation(name: str, which: str, variances: tuple):
     """{q: E[g(u)^2]} for u ~ N(0, q): the ingredients of the Cauchy-Schwarz scale."""
     q = np.array(variances, dtype=np.float64)

@@ -33,6 +33,10 @@ def test_transcendentals_are_vectorized():
     isa = {"AVX-512": "eN8", "AVX2": "dN4", "SSE2": "bN2"}.get(info["simd"])
     if isa is None:
         pytest.skip(f"no libmvec ABI for {info['simd']}")
-    symbols = subprocess.run(["nm", "-D", nt._core.__file__], capture_output=True, text=True, check=True).stdout
+    symbols = subprocess.run(
+        ["nm", "-D", nt._core.__file__], capture_output=True, text=True, check=True
+    ).stdout
     for fn in ("v_acos", "v_asin", "vv_atan2", "v_exp"):
-        assert f"_ZGV{isa}{fn}" in symbols, f"_ZGV{isa}{fn} not imported: the loop calling {fn} was not vectorized"
+        assert f"_ZGV{isa}{fn}" in symbols, (
+            f"_ZGV{isa}{fn} not imported: the loop calling {fn} was not vectorized"
+        )

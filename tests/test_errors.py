@@ -18,19 +18,25 @@ def net():
 def test_wrong_ndim(net):
     with pytest.raises(ValueError, match=re.escape("x1 must be a 2-D array of shape (N, d), got shape (5,)")):
         net.kernel(np.ones(5))
-    with pytest.raises(ValueError, match=re.escape("x2 must be a 2-D array of shape (N, d), got shape (2, 3, 4)")):
+    with pytest.raises(
+        ValueError, match=re.escape("x2 must be a 2-D array of shape (N, d), got shape (2, 3, 4)")
+    ):
         net.kernel(np.ones((2, 3)), np.ones((2, 3, 4)))
     with pytest.raises(ValueError, match="x1 must be a 2-D array"):
         net.kernel(3.0)
 
 
 def test_no_features(net):
-    with pytest.raises(ValueError, match=re.escape("x1 must have at least one feature (d >= 1), got shape (4, 0)")):
+    with pytest.raises(
+        ValueError, match=re.escape("x1 must have at least one feature (d >= 1), got shape (4, 0)")
+    ):
         net.kernel(np.ones((4, 0)))
 
 
 def test_mismatched_feature_dimensions(net):
-    with pytest.raises(ValueError, match=r"same number of features: x1 has shape \(3, 4\), x2 has shape \(2, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"same number of features: x1 has shape \(3, 4\), x2 has shape \(2, 5\)"
+    ):
         net.kernel(np.ones((3, 4)), np.ones((2, 5)))
 
 
@@ -90,14 +96,18 @@ def test_bad_get(net, get, message):
 
 
 def test_activation_first():
-    with pytest.raises(ValueError, match=r"layer 0 \(Relu\(\)\) is an activation with no Dense layer before it"):
+    with pytest.raises(
+        ValueError, match=r"layer 0 \(Relu\(\)\) is an activation with no Dense layer before it"
+    ):
         nt.serial(nt.Relu(), nt.Dense())
     with pytest.raises(ValueError, match=r"layer 1 \(Erf.*\) is an activation with no Dense layer before it"):
         nt.serial(nt.Identity(), nt.Erf(), nt.Dense())
 
 
 def test_two_activations_in_a_row():
-    with pytest.raises(ValueError, match=r"layer 2 \(Gelu\(\)\) follows another activation \(layer 1, Relu\(\)\)"):
+    with pytest.raises(
+        ValueError, match=r"layer 2 \(Gelu\(\)\) follows another activation \(layer 1, Relu\(\)\)"
+    ):
         nt.serial(nt.Dense(), nt.Relu(), nt.Gelu(), nt.Dense())
     with pytest.raises(ValueError, match=r"layer 3 \(Sign\(\)\) follows another activation \(layer 1"):
         nt.serial(nt.Dense(), nt.Relu(), nt.Identity(), nt.Sign())
@@ -159,7 +169,9 @@ def test_gaussian_with_diverging_variance():
     """a exp(b x^2) with b > 0 has a finite kernel only while 4 b q < 1."""
     net = nt.serial(nt.Dense(b_std=None), nt.Gaussian(1.0, 0.5), nt.Dense())
     x = np.array([[0.1, 0.2], [3.0, 1.0], [5.0, 0.0]])  # q = 0.025, 5, 12.5
-    with pytest.raises(ValueError, match=r"Gaussian\(b=0\.5.*\) at layer 1: row 1 of x1 .*q=5\.0.*4\*b\*q < 1"):
+    with pytest.raises(
+        ValueError, match=r"Gaussian\(b=0\.5.*\) at layer 1: row 1 of x1 .*q=5\.0.*4\*b\*q < 1"
+    ):
         net.kernel(x)
     with pytest.raises(ValueError, match=r"row 1 of x2"):
         net.kernel(x[:1], x)
@@ -172,7 +184,9 @@ def test_gaussian_with_diverging_variance():
 
 
 def test_standard_parameterization_needs_the_widths():
-    with pytest.raises(ValueError, match=r"layer 2 \(Dense.*standard.*\) .* give out_dim to the Dense layer 0"):
+    with pytest.raises(
+        ValueError, match=r"layer 2 \(Dense.*standard.*\) .* give out_dim to the Dense layer 0"
+    ):
         nt.serial(nt.Dense(), nt.Relu(), nt.Dense(parameterization="standard"))
     nt.serial(nt.Dense(parameterization="standard"), nt.Relu())  # the first layer's width is d
 
@@ -187,8 +201,11 @@ def test_output_too_large_to_allocate(net, monkeypatch):
     calls = []
     monkeypatch.setattr(nt._core, "ntk_gram", lambda *a, **k: calls.append(a))
     x = np.broadcast_to(np.ones((1, 2)), (n, 2))
-    with pytest.raises(MemoryError, match=r"need 1600000000000000 bytes \(1\.4 PiB\) for 2 float64 arrays of "
-                       r"shape \(10000000, 10000000\), but only \d+ bytes"):
+    with pytest.raises(
+        MemoryError,
+        match=r"need 1600000000000000 bytes \(1\.4 PiB\) for 2 float64 arrays of "
+        r"shape \(10000000, 10000000\), but only \d+ bytes",
+    ):
         net.kernel(x)
     with pytest.raises(MemoryError, match=r"need 800000000000000 bytes .* 1 float64 array of shape"):
         net.kernel(x, get="ntk")

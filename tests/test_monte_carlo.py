@@ -45,9 +45,10 @@ import math
 
 import numpy as np
 import pytest
-from finite_nets import Dense, Erf, FiniteMLP, Relu
 
 import fastntk as nt
+
+from finite_nets import Dense, Erf, FiniteMLP, Relu
 
 # z-value of the statistical tolerance (see the module docstring).
 Z = 5.0

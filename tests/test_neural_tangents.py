@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_kernel_close, entry_scale
 
 import fastntk as nt
+
+from conftest import assert_kernel_close, entry_scale
 
 stax = pytest.importorskip("neural_tangents.stax")
 jax = pytest.importorskip("jax")
@@ -56,7 +57,10 @@ def test_agrees_with_neural_tangents(name, parameterization, rng):
         ref = kernel_fn(x1, b, ("nngp", "ntk"))
         d1 = ours.kernel(x1)
         d2 = d1 if b is None else ours.kernel(b)
-        for mine, theirs, dm1, dm2 in ((k.nngp, ref.nngp, d1.nngp, d2.nngp), (k.ntk, ref.ntk, d1.ntk, d2.ntk)):
+        for mine, theirs, dm1, dm2 in (
+            (k.nngp, ref.nngp, d1.nngp, d2.nngp),
+            (k.ntk, ref.ntk, d1.ntk, d2.ntk),
+        ):
             theirs = np.asarray(theirs)
             # NT's diagonals of x2=None go through its pair formulas at a correlation
             # rounded to 1 - 1e-16 (about 1e-8 off after an arc-cosine); fastntk's are exact.

@@ -6,11 +6,12 @@ import math
 
 import numpy as np
 import pytest
+
+import fastntk as nt
+
 from conftest import TOL, assert_kernel_close, entry_scale
 from reference import ntk_gram_ref
 from specs import ACTIVATION_SPECS, dense, mlp, random_spec, to_fastntk
-
-import fastntk as nt
 
 
 def _check_against_reference(spec, x1, x2=None, rtol=TOL["reference"]):

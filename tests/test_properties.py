@@ -6,11 +6,12 @@ import math
 
 import numpy as np
 import pytest
+
+import fastntk as nt
+
 from conftest import TOL, assert_kernel_close, entry_scale
 from reference import ntk_gram_ref
 from specs import ACTIVATION_SPECS, RANDOM_ACTIVATIONS, dense, mlp, random_spec, to_fastntk
-
-import fastntk as nt
 
 EPS = np.finfo(np.float64).eps
 
@@ -91,7 +92,13 @@ def test_integer_and_noncontiguous_inputs_are_converted(rng):
 def test_zero_input_vector(act, rng):
     """A zero row with no bias in the first layer has zero variance: the angle convention
     (pi/2, as Neural Tangents) must give finite numbers that match the reference."""
-    spec = [dense(1.0, None), ACTIVATION_SPECS[act][0], dense(1.2, 0.3), ACTIVATION_SPECS[act][0], dense(1.0, 0.1)]
+    spec = [
+        dense(1.0, None),
+        ACTIVATION_SPECS[act][0],
+        dense(1.2, 0.3),
+        ACTIVATION_SPECS[act][0],
+        dense(1.0, 0.1),
+    ]
     x = rng.standard_normal((6, 4))
     x[2] = 0.0
     y = rng.standard_normal((3, 4))

@@ -302,9 +302,10 @@ int run(const Options& opt) {
   // OpenBLAS reads the variable when the library loads, before main: it can only be
   // warned about here, not undone.
   if (const char* forced = std::getenv("OPENBLAS_CORETYPE"))
-    std::printf("note: OPENBLAS_CORETYPE=%s forces that BLAS core; the Python package unsets it, so run as "
-                "`env -u OPENBLAS_CORETYPE ...` to compare like with like\n",
-                forced);
+    std::printf(
+        "note: OPENBLAS_CORETYPE=%s forces that BLAS core; the Python package unsets it, so run as "
+        "`env -u OPENBLAS_CORETYPE ...` to compare like with like\n",
+        forced);
 
   std::vector<KernelResult> kernel;
   const Index kernel_n = opt.quick ? 256 : 4096;

@@ -21,8 +21,8 @@ const Op& activation_op(const Program& prog, int index) {
 }
 }  // namespace
 
-void dual_map_cpu(const Program& prog, int index, const double* qx, const double* qy, const double* s,
-                  std::int64_t n, double* f, double* dot) {
+void dual_map_cpu(const Program& prog, int index, const double* qx, const double* qy, const double* s, std::int64_t n,
+                  double* f, double* dot) {
   const Op& op = activation_op(prog, index);
   const double* coef = prog.view().coef;
 #pragma omp simd

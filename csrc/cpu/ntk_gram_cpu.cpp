@@ -61,7 +61,8 @@ Points point_pass(const ProgramView& prog, const double* x, Index n, Index d, in
     const double q0 = blas::dot(static_cast<int>(d), row, row) * inv_d;
     const std::string where = "row " + std::to_string(first_bad) + " of " + name;
     if (!std::isfinite(q0))
-      throw std::invalid_argument(where + ": its squared norm overflows float64 (|x|^2 > 1.8e308); scale the "
+      throw std::invalid_argument(where +
+                                  ": its squared norm overflows float64 (|x|^2 > 1.8e308); scale the "
                                   "inputs down");
     double q, t;
     const Op& op = prog.ops[point_recursion(prog, q0, pts.table.data(), n, first_bad, q, t)];
@@ -75,8 +76,8 @@ Points point_pass(const ProgramView& prog, const double* x, Index n, Index d, in
 
 // One activation over a row segment: s[j], t[j] <- pair(x, y_j).
 template <class Map, bool Ntk>
-void activation_row(const Op& op_ref, const double* coef, const Stats x, const PointTables& ty, int a, Index j0,
-                    int n, double* FASTNTK_RESTRICT s, double* FASTNTK_RESTRICT t) {
+void activation_row(const Op& op_ref, const double* coef, const Stats x, const PointTables& ty, int a, Index j0, int n,
+                    double* FASTNTK_RESTRICT s, double* FASTNTK_RESTRICT t) {
   const Op op = op_ref;  // a local copy: its loads are then loop invariant
   const double* FASTNTK_RESTRICT qy = ty.field(a, 0) + j0;
   const double* FASTNTK_RESTRICT ay = ty.field(a, 1) + j0;
@@ -107,8 +108,8 @@ void dense_row(const Op& op_ref, int n, double* FASTNTK_RESTRICT s, double* FAST
 // All layers over the pairs (i, j0 .. j0 + n): s holds x.y/d on entry, the NNGP on exit;
 // t receives the NTK.
 template <bool Ntk>
-void run_row(const ProgramView& prog, const PointTables& tx, Index i, const PointTables& ty, Index j0, int n,
-             double* s, double* t) {
+void run_row(const ProgramView& prog, const PointTables& tx, Index i, const PointTables& ty, Index j0, int n, double* s,
+             double* t) {
   if (Ntk) std::fill(t, t + n, 0.0);
   int a = 0;
   for (int k = 0; k < prog.n_ops; ++k) {
@@ -119,9 +120,9 @@ void run_row(const ProgramView& prog, const PointTables& tx, Index i, const Poin
     }
     const Stats x = tx.at(a, i);
     switch (op.kind) {
-#define FASTNTK_ROW_CASE(kind, map)                                       \
-  case OpKind::kind:                                                      \
-    activation_row<map, Ntk>(op, prog.coef, x, ty, a, j0, n, s, t);       \
+#define FASTNTK_ROW_CASE(kind, map)                                 \
+  case OpKind::kind:                                                \
+    activation_row<map, Ntk>(op, prog.coef, x, ty, a, j0, n, s, t); \
     break;
       FASTNTK_FOR_EACH_ACTIVATION(FASTNTK_ROW_CASE)
 #undef FASTNTK_ROW_CASE
@@ -235,8 +236,7 @@ void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, con
   if (symmetric) n2 = n1;
   if (n1 < 0 || n2 < 0) throw std::invalid_argument("ntk_gram_cpu: negative number of rows");
   if (d < 1) throw std::invalid_argument("ntk_gram_cpu: the inputs need at least one feature (d >= 1)");
-  if (d > std::numeric_limits<int>::max())
-    throw std::invalid_argument("ntk_gram_cpu: d exceeds the 32-bit BLAS limit");
+  if (d > std::numeric_limits<int>::max()) throw std::invalid_argument("ntk_gram_cpu: d exceeds the 32-bit BLAS limit");
   if (!nngp && !ntk) throw std::invalid_argument("ntk_gram_cpu: neither nngp nor ntk requested");
   if (opt.tile < 0 || opt.tile > 4096) throw std::invalid_argument("ntk_gram_cpu: tile must be in [0, 4096]");
   if (n1 == 0 || n2 == 0) return;
@@ -256,8 +256,8 @@ void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, con
       tiles.push_back(Tile{i0, j0, static_cast<int>(std::min<Index>(ts, n1 - i0)),
                            static_cast<int>(std::min<Index>(ts, n2 - j0)), symmetric && i0 == j0});
 
-  const Job job{prog, x1, symmetric ? x1 : x2, n2, d, p1.view(), symmetric ? p1.view() : p2.view(), nngp, ntk,
-                symmetric};
+  const Job job{prog, x1,       symmetric ? x1 : x2, n2, d, p1.view(), symmetric ? p1.view() : p2.view(), nngp,
+                ntk,  symmetric};
   std::atomic<bool> stop{false};
   std::exception_ptr error;
   const Index n_tiles = static_cast<Index>(tiles.size());

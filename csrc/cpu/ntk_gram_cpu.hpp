@@ -40,14 +40,14 @@ int default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads
 
 // Build facts: OpenMP version, BLAS configuration, the SIMD width of the recursion loops.
 struct BuildInfo {
-  int openmp;            // _OPENMP date, 0 without OpenMP
-  std::string blas;      // the BLAS library's own configuration string
-  std::string blas_core; // the BLAS kernel family in use
-  std::string simd;      // instruction set the recursion runs with on this CPU
-  int simd_doubles;      // doubles per vector register in the recursion loops
-  bool simd_dispatch;    // chosen at run time among clones (portable build), else fixed at build time
-  bool libmvec;          // transcendental calls vectorized through glibc's libmvec
-  int max_threads;       // OpenMP's default team size
+  int openmp;             // _OPENMP date, 0 without OpenMP
+  std::string blas;       // the BLAS library's own configuration string
+  std::string blas_core;  // the BLAS kernel family in use
+  std::string simd;       // instruction set the recursion runs with on this CPU
+  int simd_doubles;       // doubles per vector register in the recursion loops
+  bool simd_dispatch;     // chosen at run time among clones (portable build), else fixed at build time
+  bool libmvec;           // transcendental calls vectorized through glibc's libmvec
+  int max_threads;        // OpenMP's default team size
 };
 BuildInfo build_info();
 

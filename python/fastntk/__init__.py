@@ -10,7 +10,6 @@ Build a network from layers with :func:`serial` and evaluate its kernels::
 __version__ = "0.1.0"
 
 
-
 def _load_blas() -> None:
     """Load fastntk's own OpenBLAS (the scipy-openblas32 package) before _core.
 

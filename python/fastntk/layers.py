@@ -114,7 +114,9 @@ class Dense(Layer):
         self.W_std = _real("W_std", name, W_std, nonneg=True)
         self.b_std = None if b_std is None else _real("b_std", name, b_std, nonneg=True)
         if not isinstance(parameterization, str) or parameterization.lower() not in ("ntk", "standard"):
-            raise ValueError(f"{name}: parameterization must be 'ntk' or 'standard', got {parameterization!r}")
+            raise ValueError(
+                f"{name}: parameterization must be 'ntk' or 'standard', got {parameterization!r}"
+            )
         self.parameterization = parameterization.lower()
 
     def _emit(self, program, n_in: float) -> None:

@@ -13,7 +13,7 @@ __all__ = ["serial", "Network"]
 _KERNEL_NAMES = ("nngp", "ntk")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel_tuple(names: tuple):
     return collections.namedtuple("Kernel", names)
 
@@ -156,4 +156,3 @@ def serial(*layers) -> Network:
         else:
             raise TypeError(f"serial: argument {k} is not a fastntk layer or network: {layer!r}")
     return Network(flat)
-

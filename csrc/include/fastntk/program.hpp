@@ -257,9 +257,7 @@ class Program {
   const std::vector<Op>& ops() const { return ops_; }
   const std::vector<double>& coef() const { return coef_; }
 
-  ProgramView view() const {
-    return ProgramView{ops_.data(), n_ops(), n_act_, coef_.empty() ? nullptr : coef_.data()};
-  }
+  ProgramView view() const { return ProgramView{ops_.data(), n_ops(), n_act_, coef_.empty() ? nullptr : coef_.data()}; }
 
  private:
   static Op make(OpKind kind) {

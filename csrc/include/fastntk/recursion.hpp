@@ -32,9 +32,9 @@ template <bool Ntk>
 FASTNTK_HD inline void activation_pair(const Op& op, const double* coef, const Stats& x, const Stats& y, double& s,
                                        double& t) {
   switch (op.kind) {
-#define FASTNTK_PAIR_CASE(kind, map)                   \
-  case OpKind::kind:                                   \
-    map::template pair<Ntk>(op, coef, x, y, s, t);     \
+#define FASTNTK_PAIR_CASE(kind, map)               \
+  case OpKind::kind:                               \
+    map::template pair<Ntk>(op, coef, x, y, s, t); \
     break;
     FASTNTK_FOR_EACH_ACTIVATION(FASTNTK_PAIR_CASE)
 #undef FASTNTK_PAIR_CASE
@@ -57,9 +57,9 @@ FASTNTK_HD inline Stats activation_stats(const Op& op, const double* coef, doubl
 
 FASTNTK_HD inline void activation_diag(const Op& op, const double* coef, double q, double& f, double& dot) {
   switch (op.kind) {
-#define FASTNTK_DIAG_CASE(kind, map)   \
-  case OpKind::kind:                   \
-    map::diag(op, coef, q, f, dot);    \
+#define FASTNTK_DIAG_CASE(kind, map) \
+  case OpKind::kind:                 \
+    map::diag(op, coef, q, f, dot);  \
     break;
     FASTNTK_FOR_EACH_ACTIVATION(FASTNTK_DIAG_CASE)
 #undef FASTNTK_DIAG_CASE
