@@ -85,8 +85,8 @@ def test_cupy_like_input_without_cuda(net):
     [
         ("nngps", "get: unknown kernel 'nngps'"),
         (("nngp", "cov"), "get: unknown kernel 'cov'"),
-        ((), "get must be 'nngp', 'ntk' or a non-empty tuple"),
-        (3, "get must be 'nngp', 'ntk' or a non-empty tuple"),
+        ((), "get must be one of ('nngp', 'ntk') or a non-empty tuple of them, got ()"),
+        (3, "get must be one of ('nngp', 'ntk') or a non-empty tuple of them, got 3"),
         (("ntk", "ntk"), "get names a kernel twice"),
     ],
 )

@@ -6,21 +6,19 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 
 #include "../cpu/ntk_gram_cpu.hpp"
+#include "common.hpp"
 
 namespace py = pybind11;
 using Array = py::array_t<double, py::array::c_style>;
 
 namespace {
 
-std::string shape_of(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t k = 0; k < a.ndim(); ++k) s += (k ? ", " : "") + std::to_string(a.shape(k));
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
+using fastntk::bindings::shape_of;
 
 void check_output(const std::optional<Array>& out, const char* name, py::ssize_t n1, py::ssize_t n2) {
   if (!out) return;
@@ -49,28 +47,14 @@ void bind_ntk_gram(py::module_& m) {
         fastntk::cpu::GramOptions opt;
         opt.n_threads = n_threads;
         opt.tile = tile;
-        // Runs on the calling thread, which holds no GIL while the driver works.
-        opt.interrupted = []() {
-          py::gil_scoped_acquire gil;
-          return PyErr_CheckSignals() != 0;
-        };
         const double* p1 = x1.data();
         const double* p2 = x2 ? x2->data() : nullptr;
         double* pn = nngp ? nngp->mutable_data() : nullptr;
         double* pt = ntk ? ntk->mutable_data() : nullptr;
-        bool interrupted = false;
-        {
-          py::gil_scoped_release release;
-          try {
-            fastntk::cpu::ntk_gram_cpu(prog, p1, n1, p2, n2, d, pn, pt, opt);
-          } catch (const fastntk::Interrupted&) {
-            interrupted = true;
-          }
-        }
-        if (interrupted) {
-          if (!PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
-          throw py::error_already_set();
-        }
+        fastntk::bindings::run_interruptible([&](const std::function<bool()>& interrupted) {
+          opt.interrupted = interrupted;
+          fastntk::cpu::ntk_gram_cpu(prog, p1, n1, p2, n2, d, pn, pt, opt);
+        });
       },
       py::arg("program"), py::arg("x1").noconvert(), py::arg("x2").noconvert() = py::none(),
       py::arg("nngp").noconvert() = py::none(), py::arg("ntk").noconvert() = py::none(), py::arg("n_threads") = 0,

@@ -8,6 +8,8 @@ namespace py = pybind11;
 void bind_program(py::module_& m);
 void bind_ntk_gram(py::module_& m);
 void bind_dual_map(py::module_& m);
+void bind_empirical_gram(py::module_& m);
+void bind_matmul(py::module_& m);
 
 #ifndef FASTNTK_VERSION
 #define FASTNTK_VERSION "unknown"
@@ -20,11 +22,14 @@ void bind_dual_map(py::module_& m);
 #endif
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "fastntk native core: the layer program and the analytic NNGP/NTK Gram drivers.";
+  m.doc() =
+      "fastntk native core: the layer program and the analytic NNGP/NTK Gram drivers, the empirical-kernel driver.";
 
   bind_program(m);
   bind_ntk_gram(m);
   bind_dual_map(m);
+  bind_empirical_gram(m);
+  bind_matmul(m);
 
   m.def(
       "build_info",

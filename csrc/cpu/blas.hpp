@@ -39,6 +39,12 @@ inline void gemm_abt(int m, int n, int k, double alpha, const double* a, int lda
   FASTNTK_BLAS(cblas_dgemm)(kRowMajor, kNoTrans, kTrans, m, n, k, alpha, a, lda, b, ldb, 0.0, c, ldc);
 }
 
+// c[m, n] (leading dimension ldc) = alpha * a[m, k] b[k, n], row-major.
+inline void gemm_ab(int m, int n, int k, double alpha, const double* a, int lda, const double* b, int ldb, double* c,
+                    int ldc) {
+  FASTNTK_BLAS(cblas_dgemm)(kRowMajor, kNoTrans, kNoTrans, m, n, k, alpha, a, lda, b, ldb, 0.0, c, ldc);
+}
+
 // Upper triangle of c[n, n] = alpha * a[n, k] a[n, k]^T, row-major.
 inline void syrk_upper(int n, int k, double alpha, const double* a, int lda, double* c, int ldc) {
   FASTNTK_BLAS(cblas_dsyrk)(kRowMajor, kUpper, kNoTrans, n, k, alpha, a, lda, 0.0, c, ldc);

@@ -48,6 +48,7 @@ _load_blas()
 
 from . import _core  # noqa: E402  (isort: skip)
 from ._threads import get_num_threads, set_num_threads  # noqa: E402
+from .empirical import monte_carlo_kernel  # noqa: E402
 from .layers import (  # noqa: E402
     ABRelu,
     Abs,
@@ -69,6 +70,8 @@ from .layers import (  # noqa: E402
     Sin,
 )
 from .network import Network, serial  # noqa: E402
+
+from . import predict  # noqa: E402  (isort: skip)
 
 
 def build_info() -> dict:
@@ -104,6 +107,8 @@ __all__ = [
     "build_info",
     "get_num_threads",
     "has_cuda",
+    "monte_carlo_kernel",
+    "predict",
     "serial",
     "set_num_threads",
     "__version__",

@@ -88,3 +88,16 @@ def empty_outputs(count: int, n1: int, n2: int) -> list:
         return [np.empty((n1, n2), dtype=np.float64) for _ in range(count)]
     except (MemoryError, ValueError) as exc:
         raise MemoryError(f"{message}, which could not be allocated") from exc
+
+
+def empty_kernels(names, shape: tuple) -> dict:
+    """{name: float64 array of shape (n1, n2, ...)} for each name, or MemoryError before any
+    work starts (the checks of :func:`empty_outputs`, on the arrays seen as (n1, rest))."""
+    cols = int(np.prod(shape[1:], dtype=np.int64))
+    try:
+        outs = empty_outputs(len(names), shape[0], cols)
+    except MemoryError as exc:
+        if len(shape) == 2:
+            raise
+        raise MemoryError(f"{exc} (kernels of shape {tuple(shape)})") from None
+    return {name: out.reshape(shape) for name, out in zip(names, outs)}

@@ -2,13 +2,17 @@
 
 A layer is a small immutable description; :func:`fastntk.serial` chains them into a
 network. Each layer knows how to add itself to the native layer program
-(``fastntk._core.Program``), which is where its kernel maps live.
+(``fastntk._core.Program``), which is where its kernel maps live. For finite networks
+(``Network.init``/``apply``/``empirical_ntk``) each activation also evaluates itself and
+its derivative on NumPy arrays (:meth:`Activation.fn`, :meth:`Activation.derivative`).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+
+import numpy as np
 
 __all__ = [
     "Layer",
@@ -43,6 +47,16 @@ def _real(name: str, layer: str, value, *, nonneg: bool = False) -> float:
     if nonneg and value < 0:
         raise ValueError(f"{layer}: {name} must be >= 0, got {value!r}")
     return value
+
+
+def _special():
+    """scipy.special, imported on first use: only Erf and Gelu need it (erf, ndtr), and
+    only for finite networks, so importing fastntk stays fast without it."""
+    try:
+        import scipy.special
+    except ImportError as exc:  # pragma: no cover - scipy is a dependency
+        raise ImportError("fastntk's finite Erf and Gelu layers need SciPy (pip install scipy)") from exc
+    return scipy.special
 
 
 def _degree(layer: str, degree) -> int:
@@ -131,9 +145,23 @@ class Identity(Layer):
 
 
 class Activation(Layer):
-    """Base class of elementwise nonlinearities. Each must follow a Dense layer."""
+    """Base class of elementwise nonlinearities. Each must follow a Dense layer.
+
+    Finite networks evaluate an activation through two NumPy methods, both elementwise on
+    float64 arrays of any shape, returning new arrays of the same shape:
+
+    - ``fn(x)``: the activation itself;
+    - ``derivative(x)``: its derivative. Where the activation has a kink, the value there
+      is JAX's (what Neural Tangents' empirical kernels use), e.g. 1/2 for Relu at 0.
+    """
 
     is_activation = True
+
+    def fn(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - every activation overrides it
+        raise NotImplementedError
+
+    def derivative(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - every activation overrides it
+        raise NotImplementedError
 
 
 class ABRelu(Activation):
@@ -147,6 +175,17 @@ class ABRelu(Activation):
 
     def _emit(self, program, n_in: float) -> None:
         program.add_abrelu(self.a, self.b)
+
+    def fn(self, x):
+        if self.a == 0.0:  # Relu and its multiples: one pass
+            out = np.maximum(x, 0.0)
+            return out if self.b == 1.0 else self.b * out
+        return self.a * np.minimum(x, 0.0) + self.b * np.maximum(x, 0.0)
+
+    def derivative(self, x):
+        # heaviside(x, 1/2) is 0, 1/2, 1 for x < 0, = 0, > 0: at 0, JAX's min/max split the
+        # gradient evenly between their two arguments, (a + b) / 2.
+        return self.a + (self.b - self.a) * np.heaviside(x, 0.5)
 
 
 class Relu(ABRelu):
@@ -188,6 +227,12 @@ class Erf(Activation):
     def _emit(self, program, n_in: float) -> None:
         program.add_erf(self.a, self.b, self.c)
 
+    def fn(self, x):
+        return self.a * _special().erf(self.b * x) + self.c
+
+    def derivative(self, x):
+        return (self.a * self.b * 2.0 / math.sqrt(math.pi)) * np.exp(-((self.b * x) ** 2))
+
 
 class Sign(Activation):
     """``sign(x)``. Its derivative vanishes almost everywhere, so the NTK after it is 0."""
@@ -195,12 +240,25 @@ class Sign(Activation):
     def _emit(self, program, n_in: float) -> None:
         program.add_sign()
 
+    def fn(self, x):
+        return np.sign(x)
+
+    def derivative(self, x):
+        return np.zeros_like(x)
+
 
 class Gelu(Activation):
     """``x * Phi(x)``, the exact (not tanh-approximated) Gelu."""
 
     def _emit(self, program, n_in: float) -> None:
         program.add_gelu()
+
+    def fn(self, x):
+        return x * _special().ndtr(x)
+
+    def derivative(self, x):
+        # d/dx x Phi(x) = Phi(x) + x phi(x)
+        return _special().ndtr(x) + x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
 
 
 class Sin(Activation):
@@ -214,12 +272,24 @@ class Sin(Activation):
     def _emit(self, program, n_in: float) -> None:
         program.add_sin(self.a, self.b, self.c)
 
+    def fn(self, x):
+        return self.a * np.sin(self.b * x + self.c)
+
+    def derivative(self, x):
+        return (self.a * self.b) * np.cos(self.b * x + self.c)
+
 
 class Cos(Sin):
     """``a * cos(b * x + c)``."""
 
     def _emit(self, program, n_in: float) -> None:
         program.add_cos(self.a, self.b, self.c)
+
+    def fn(self, x):
+        return self.a * np.cos(self.b * x + self.c)
+
+    def derivative(self, x):
+        return (-self.a * self.b) * np.sin(self.b * x + self.c)
 
 
 class Rbf(Activation):
@@ -234,6 +304,13 @@ class Rbf(Activation):
     def _emit(self, program, n_in: float) -> None:
         program.add_rbf(self.gamma)
 
+    def fn(self, x):
+        return math.sqrt(2.0) * np.sin(math.sqrt(2.0 * self.gamma) * x + math.pi / 4)
+
+    def derivative(self, x):
+        w = math.sqrt(2.0 * self.gamma)
+        return (math.sqrt(2.0) * w) * np.cos(w * x + math.pi / 4)
+
 
 class Exp(Activation):
     """``a * exp(b * x)``."""
@@ -245,6 +322,12 @@ class Exp(Activation):
 
     def _emit(self, program, n_in: float) -> None:
         program.add_exp(self.a, self.b)
+
+    def fn(self, x):
+        return self.a * np.exp(self.b * x)
+
+    def derivative(self, x):
+        return (self.a * self.b) * np.exp(self.b * x)
 
 
 class Gaussian(Activation):
@@ -259,6 +342,12 @@ class Gaussian(Activation):
     def _emit(self, program, n_in: float) -> None:
         program.add_gaussian(self.a, self.b)
 
+    def fn(self, x):
+        return self.a * np.exp(self.b * x * x)
+
+    def derivative(self, x):
+        return (2.0 * self.a * self.b) * x * np.exp(self.b * x * x)
+
 
 class Monomial(Activation):
     """``x**degree``, degree an integer in [1, 20]."""
@@ -270,6 +359,12 @@ class Monomial(Activation):
 
     def _emit(self, program, n_in: float) -> None:
         program.add_monomial(self.degree)
+
+    def fn(self, x):
+        return x**self.degree
+
+    def derivative(self, x):
+        return self.degree * x ** (self.degree - 1)
 
 
 class RectifiedMonomial(Activation):
@@ -285,3 +380,10 @@ class RectifiedMonomial(Activation):
 
     def _emit(self, program, n_in: float) -> None:
         program.add_rectified_monomial(self.degree)
+
+    def fn(self, x):
+        return np.where(x >= 0, x**self.degree, 0.0)
+
+    def derivative(self, x):
+        # x >= 0 selects the polynomial branch, also at 0 (JAX's where): 1 for degree 1.
+        return np.where(x >= 0, self.degree * x ** (self.degree - 1), 0.0)

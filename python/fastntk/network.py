@@ -1,37 +1,22 @@
-"""Networks: ``serial`` chains layers; ``Network.kernel`` evaluates the analytic kernels."""
+"""Networks: ``serial`` chains layers; ``Network.kernel`` evaluates the analytic kernels;
+``Network.init``, ``apply``, ``empirical_ntk`` and ``empirical_nngp`` treat the network as
+a finite one (see :mod:`fastntk.empirical`)."""
 
 from __future__ import annotations
 
 import collections
 import functools
 
-from . import _arrays, _core, _threads
+from . import _arrays, _core, _threads, empirical
+from ._args import parse_get
 from .layers import Dense, Layer
 
 __all__ = ["serial", "Network"]
-
-_KERNEL_NAMES = ("nngp", "ntk")
 
 
 @functools.cache
 def _kernel_tuple(names: tuple):
     return collections.namedtuple("Kernel", names)
-
-
-def _parse_get(get):
-    """Returns (names, single): the requested kernels in order, and whether one name was given."""
-    if isinstance(get, str):
-        names, single = (get,), True
-    elif isinstance(get, (tuple, list)) and len(get) > 0 and all(isinstance(g, str) for g in get):
-        names, single = tuple(get), False
-    else:
-        raise ValueError(f"get must be 'nngp', 'ntk' or a non-empty tuple of them, got {get!r}")
-    for g in names:
-        if g not in _KERNEL_NAMES:
-            raise ValueError(f"get: unknown kernel {g!r}; fastntk computes {_KERNEL_NAMES}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"get names a kernel twice: {get!r}")
-    return names, single
 
 
 class Network:
@@ -110,7 +95,7 @@ class Network:
         -------
         numpy.ndarray of shape (N1, N2), float64, or a named tuple of them.
         """
-        names, single = _parse_get(get)
+        names, single = parse_get(get)
         _arrays.require_numpy(x1, "x1")
         a1 = _arrays.as_input(x1, "x1")
         a2 = None
@@ -138,6 +123,83 @@ class Network:
         if single:
             return outs[0]
         return _kernel_tuple(names)(*outs)
+
+    # ---- Finite networks (every Dense layer needs its out_dim).
+
+    def init(self, seed, input_dim: int) -> list:
+        """Draw the parameters of the finite network.
+
+        Parameters
+        ----------
+        seed : int, numpy.random.SeedSequence or numpy.random.Generator
+            The same seed gives the same parameters (a Generator is drawn from).
+        input_dim : int
+            Width d of the inputs.
+
+        Returns
+        -------
+        list
+            One entry per layer: ``(W, b)`` for a Dense layer, ``W`` float64
+            ``(fan_in, out_dim)`` and ``b`` float64 ``(out_dim,)`` (None when
+            ``b_std=None``); ``()`` for every other layer. Drawn in layer order, W then b.
+            ntk parameterization: W, b standard normal (the scales apply in
+            :meth:`apply`); standard: W ~ N(0, W_std^2 / fan_in), b ~ N(0, b_std^2).
+        """
+        return empirical.init(self, seed, input_dim)
+
+    def apply(self, params, x):
+        """The finite network's outputs.
+
+        Parameters
+        ----------
+        params : list
+            As returned by :meth:`init` (checked against the architecture).
+        x : array_like, shape (N, input_dim)
+            Inputs, any real dtype (computed in float64).
+
+        Returns
+        -------
+        numpy.ndarray, float64, shape (N, n_out)
+        """
+        return empirical.apply(self, params, x)
+
+    def empirical_ntk(self, params, x1, x2=None, trace_axes=(-1,), batch_size=None):
+        """The empirical NTK grad_theta f(x1) . grad_theta f(x2) of the finite network.
+
+        Exact, computed layer by layer without forming Jacobians (see
+        :mod:`fastntk.empirical`), with Neural Tangents' conventions.
+
+        Parameters
+        ----------
+        params : list
+            As returned by :meth:`init`.
+        x1 : array_like, shape (N1, input_dim)
+        x2 : array_like, shape (N2, input_dim), optional
+            None (or x1 itself) means x1, computed with the symmetry.
+        trace_axes : tuple
+            ``(-1,)``: the output axis is contracted and divided by its size (the mean
+            over outputs of Theta_oo); ``()``: the full matrix-valued kernel.
+        batch_size : int, optional
+            Points that go through the network at a time (None: all at once unless their
+            per-layer signals would take more than half of the free memory). The result
+            does not depend on it beyond round-off.
+
+        Returns
+        -------
+        numpy.ndarray, float64
+            Shape (N1, N2) with ``trace_axes=(-1,)``; (N1, N2, n_out, n_out) with
+            ``trace_axes=()``, entry [i, j, o, o'] = grad f_o(x1_i) . grad f_o'(x2_j).
+        """
+        return empirical.kernels(self, params, x1, x2, ("ntk",), trace_axes, batch_size)["ntk"]
+
+    def empirical_nngp(self, params, x1, x2=None, trace_axes=(-1,), batch_size=None):
+        """The empirical NNGP f(x1) f(x2)^T of the finite network.
+
+        Parameters and conventions as :meth:`empirical_ntk`: with ``trace_axes=(-1,)``
+        the mean over outputs, (N1, N2); with ``()`` the (N1, N2, n_out, n_out) array
+        ``f_o(x1_i) f_o'(x2_j)``.
+        """
+        return empirical.kernels(self, params, x1, x2, ("nngp",), trace_axes, batch_size)["nngp"]
 
 
 def serial(*layers) -> Network:

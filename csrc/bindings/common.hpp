@@ -1,0 +1,51 @@
+// fastntk bindings: what every op's binding needs. Shape strings for error messages, and
+// running native work without the GIL so that other Python threads run and Ctrl-C stops it.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+
+#include "../cpu/ntk_gram_cpu.hpp"  // fastntk::Interrupted
+
+namespace fastntk::bindings {
+
+namespace py = pybind11;
+
+// "(3, 4)", "(5,)": an array's shape as Python prints it.
+inline std::string shape_of(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t k = 0; k < a.ndim(); ++k) s += (k ? ", " : "") + std::to_string(a.shape(k));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// Runs work(interrupted) with the GIL released. `interrupted` is the callback the native
+// drivers poll between tiles (on the calling thread): it takes the GIL back briefly and
+// asks Python whether a signal is pending. If the driver stops on it (fastntk::Interrupted),
+// the pending Python exception (KeyboardInterrupt for Ctrl-C) is raised here, with the GIL
+// held again. Other exceptions propagate unchanged (pybind11 translates them).
+template <class Work>
+void run_interruptible(Work&& work) {
+  const std::function<bool()> interrupted = []() {
+    py::gil_scoped_acquire gil;
+    return PyErr_CheckSignals() != 0;
+  };
+  bool stopped = false;
+  {
+    py::gil_scoped_release release;
+    try {
+      std::forward<Work>(work)(interrupted);
+    } catch (const fastntk::Interrupted&) {
+      stopped = true;
+    }
+  }
+  if (stopped) {
+    if (!PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
+    throw py::error_already_set();
+  }
+}
+
+}  // namespace fastntk::bindings

@@ -1,0 +1,58 @@
+// fastntk: OpenMP matrix product over tiles of the output, one single-threaded BLAS call each.
+#include "matmul_cpu.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "blas.hpp"
+#include "tile_loop.hpp"
+
+namespace fastntk::cpu {
+
+void matmul_cpu(const double* a, const double* b, double* c, std::int64_t m, std::int64_t n, std::int64_t k,
+                bool trans_b, double alpha, const MatmulOptions& opt) {
+  using Index = std::int64_t;
+  if (m < 0 || n < 0 || k < 0) throw std::invalid_argument("matmul_cpu: negative size");
+  const Index int_max = std::numeric_limits<int>::max();
+  if (n > int_max || k > int_max)
+    throw std::invalid_argument("matmul_cpu: n = " + std::to_string(n) + " or k = " + std::to_string(k) +
+                                " exceeds the 32-bit BLAS limit");
+  if (m == 0 || n == 0) return;
+  if (!c || (k > 0 && (!a || !b))) throw std::invalid_argument("matmul_cpu: null buffer");
+  if (k == 0) {  // an empty sum (BLAS would refuse the leading dimension 0)
+    std::fill(c, c + m * n, 0.0);
+    return;
+  }
+
+  // Tiles of up to 256 rows x 1024 columns keep each BLAS call near its peak; smaller ones
+  // only to give every thread several tiles (rows first: the rows of a are read once then).
+  const int threads = useful_threads(opt.n_threads > 0 ? opt.n_threads : omp_get_max_threads(),
+                                     2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k));
+  Index rows = 256, cols = 1024;
+  auto count = [&] { return ((m + rows - 1) / rows) * ((n + cols - 1) / cols); };
+  while (rows > 32 && count() < 4 * threads) rows /= 2;
+  while (cols > 128 && count() < 4 * threads) cols /= 2;
+  const Index row_tiles = (m + rows - 1) / rows, col_tiles = (n + cols - 1) / cols;
+
+  blas::use_single_thread();
+  for_each_tile(
+      row_tiles * col_tiles, threads, opt.interrupted, [] { return 0; },
+      [&](Index t, int, StopCheck&) {
+        const Index i0 = (t / col_tiles) * rows, j0 = (t % col_tiles) * cols;
+        const int tm = static_cast<int>(std::min(rows, m - i0)), tn = static_cast<int>(std::min(cols, n - j0));
+        const double* at = a + i0 * k;
+        double* ct = c + i0 * n + j0;
+        if (trans_b)
+          blas::gemm_abt(tm, tn, static_cast<int>(k), alpha, at, static_cast<int>(k), b + j0 * k, static_cast<int>(k),
+                         ct, static_cast<int>(n));
+        else
+          blas::gemm_ab(tm, tn, static_cast<int>(k), alpha, at, static_cast<int>(k), b + j0, static_cast<int>(n), ct,
+                        static_cast<int>(n));
+      });
+}
+
+}  // namespace fastntk::cpu

@@ -1,0 +1,505 @@
+"""Finite networks: parameters, outputs, and their empirical NNGP and NTK.
+
+A network built with :func:`fastntk.serial` whose Dense layers all have an ``out_dim``
+is also a finite network:
+
+- ``params = net.init(seed, input_dim)`` draws its parameters;
+- ``net.apply(params, x)`` evaluates it;
+- ``net.empirical_ntk(params, x1, x2)`` and ``net.empirical_nngp(params, x1, x2)`` give
+  its empirical kernels, with Neural Tangents' conventions;
+- :func:`monte_carlo_kernel` averages them over independent initializations, which
+  approaches ``net.kernel`` as the widths grow.
+
+Parameters
+----------
+``params`` is a list with one entry per layer of ``net.layers``: ``(W, b)`` for a Dense
+layer, with ``W`` float64 ``(fan_in, out_dim)`` and ``b`` float64 ``(out_dim,)``, or
+``b = None`` when the layer has no bias (``b_std=None``); ``()`` for every other layer.
+As in Neural Tangents, a Dense layer computes ``z = h @ W * W_std / sqrt(fan_in) + b * b_std``
+with ``W, b`` drawn standard normal in the ntk parameterization, and ``z = h @ W + b`` with
+``W ~ N(0, W_std^2 / fan_in)``, ``b ~ N(0, b_std^2)`` in the standard one. The trained
+parameters are ``W`` and ``b`` as stored.
+
+How the empirical NTK is computed
+---------------------------------
+Without Jacobians. The gradient of output o at x through a Dense layer k is an outer
+product, ``s_k * outer(h_{k-1}(x), delta_k^o(x))`` for ``W`` (``h_{k-1}`` its input,
+``delta_k^o = d f_o / d z_k`` the back-propagated signal at its output, ``s_k`` the
+weight multiplier), and ``beta_k * delta_k^o(x)`` for ``b``; inner products of outer
+products factor, so
+
+    Theta_oo'(x, y) = sum_k (s_k^2 <h_{k-1}(x), h_{k-1}(y)> + beta_k^2) <delta_k^o(x), delta_k^o'(y)>.
+
+The forward pass (the ``h``) and the backward pass for all outputs at once (the
+``delta``, one GEMM per layer) run in NumPy; the native driver
+(``fastntk._core.empirical_gram``) assembles the sum tile by tile: two GEMMs per layer
+and tile and a fused Hadamard accumulation, using the symmetry for ``x2=None``.
+Memory is O(N * n_out * (sum of the widths)), never O(N * parameters).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from . import _arrays, _core, _threads
+from .layers import Activation, Dense, Identity
+
+__all__ = ["monte_carlo_kernel"]
+
+
+# ---------------------------------------------------------------------------------------
+# Architecture and parameters.
+
+
+def _check_widths(net) -> None:
+    for k, layer in enumerate(net.layers):
+        if isinstance(layer, Dense) and layer.out_dim is None:
+            raise ValueError(
+                f"layer {k} ({layer!r}) has no out_dim: a finite network needs the width of every Dense "
+                "layer; give it out_dim"
+            )
+        if not isinstance(layer, (Dense, Activation, Identity)):  # pragma: no cover - future layers
+            raise TypeError(f"layer {k} ({layer!r}) is not supported by finite networks yet")
+
+
+def _multipliers(layer: Dense, fan_in: int) -> tuple[float, float]:
+    """(c_W, c_b): the layer computes z = c_W * (h @ W) + c_b * b from its stored W, b."""
+    if layer.parameterization == "ntk":
+        return layer.W_std / math.sqrt(fan_in), (0.0 if layer.b_std is None else layer.b_std)
+    return 1.0, 1.0  # standard: the scales are in the initial distribution
+
+
+def _rng(seed, name: str = "seed") -> np.random.Generator:
+    if isinstance(seed, bool) or not isinstance(
+        seed, (numbers.Integral, np.random.SeedSequence, np.random.Generator)
+    ):
+        raise TypeError(
+            f"{name} must be a non-negative integer, a numpy.random.SeedSequence or a numpy.random.Generator, "
+            f"got {seed!r}"
+        )
+    if isinstance(seed, numbers.Integral) and seed < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {seed}")
+    return np.random.default_rng(seed)
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def init(net, seed, input_dim: int) -> list:
+    """Draw the parameters of a finite network (see :meth:`fastntk.Network.init`)."""
+    _check_widths(net)
+    input_dim = _positive_int(input_dim, "input_dim")
+    rng = _rng(seed)
+    params, width = [], input_dim
+    for layer in net.layers:
+        if not isinstance(layer, Dense):
+            params.append(())
+            continue
+        W = rng.standard_normal((width, layer.out_dim))
+        b = None if layer.b_std is None else rng.standard_normal(layer.out_dim)
+        if layer.parameterization == "standard":
+            W *= layer.W_std / math.sqrt(width)
+            if b is not None:
+                b *= layer.b_std
+        params.append((W, b))
+        width = layer.out_dim
+    return params
+
+
+def _as_param(value, what: str, shape: tuple) -> np.ndarray:
+    """value as a C-contiguous float64 array of this shape, all finite, or ValueError."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must be a real numeric array, got dtype {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{what} must have shape {shape}, got {a.shape}")
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    # A sum is finite unless an entry is NaN/Inf (or the sum overflows: re-checked exactly).
+    with np.errstate(over="ignore", invalid="ignore"):
+        suspect = not np.isfinite(a.sum())
+    if suspect and not np.isfinite(a).all():
+        raise ValueError(f"{what} has a non-finite value (NaN or Inf)")
+    return a
+
+
+def _check_params(net, params) -> tuple[list, int | None]:
+    """The parameters as float64 arrays, checked against the architecture.
+
+    Returns
+    -------
+    (list, int or None)
+        One entry per layer ((W, b) or ()), and the input dimension the parameters are
+        for (None for a network without Dense layers, which takes any).
+    """
+    _check_widths(net)
+    layers = net.layers
+    if not isinstance(params, (list, tuple)) or len(params) != len(layers):
+        got = (
+            f"a {type(params).__name__} of length {len(params)}"
+            if isinstance(params, (list, tuple))
+            else repr(params)
+        )
+        raise ValueError(
+            f"params must be a list with one entry per layer ({len(layers)} layers: (W, b) for Dense, () "
+            f"otherwise), got {got}"
+        )
+    checked, width, input_dim = [], None, None
+    for k, (layer, p) in enumerate(zip(layers, params)):
+        where = f"params[{k}] (layer {k}, {layer!r})"
+        if not isinstance(layer, Dense):
+            if p is not None and not (isinstance(p, (tuple, list)) and len(p) == 0):
+                raise ValueError(f"{where}: this layer has no parameters, expected (), got {p!r}")
+            checked.append(())
+            continue
+        if not isinstance(p, (tuple, list)) or len(p) != 2:
+            raise ValueError(f"{where}: expected a pair (W, b), got {p!r}")
+        W, b = p
+        if width is None:  # the first Dense layer fixes the input dimension
+            shape = np.shape(W)
+            width = input_dim = shape[0] if len(shape) == 2 and shape[0] >= 1 else -1
+            if width < 1:
+                raise ValueError(f"{where}: W must have shape (input_dim, {layer.out_dim}), got {shape}")
+        W = _as_param(W, f"{where}: W", (width, layer.out_dim))
+        if layer.b_std is None:
+            if b is not None:
+                raise ValueError(
+                    f"{where}: the layer has no bias (b_std=None), so b must be None, got an array of shape "
+                    f"{np.shape(b)}"
+                )
+        else:
+            if b is None:
+                raise ValueError(f"{where}: b must have shape ({layer.out_dim},), got None")
+            b = _as_param(b, f"{where}: b", (layer.out_dim,))
+        checked.append((W, b))
+        width = layer.out_dim
+    return checked, input_dim
+
+
+def _check_input(x, name: str, input_dim: int | None) -> np.ndarray:
+    _arrays.require_numpy(x, name)
+    a = _arrays.as_input(x, name)
+    if input_dim is not None and a.shape[1] != input_dim:
+        raise ValueError(
+            f"{name} has {a.shape[1]} features (shape {a.shape}), but params are for input_dim={input_dim} "
+            f"(the first Dense layer's W has shape ({input_dim}, ...))"
+        )
+    return a
+
+
+# ---------------------------------------------------------------------------------------
+# Forward and backward passes.
+
+
+class _Features:
+    """What the kernels need of a batch of n points.
+
+    f : (n, m) outputs.
+    terms : list of (A, B, weight, bias), one per Dense layer (last layer first):
+        A (n, fan_in) its input, B (n, m, out_dim) the signals d f_o / d z at its output
+        for every output o (None: the identity, for a readout layer), and the NTK
+        coefficients weight = c_W^2, bias = c_b^2 (0 without a bias).
+    """
+
+    __slots__ = ("f", "terms")
+
+    def __init__(self, f, terms):
+        self.f = f
+        self.terms = terms
+
+
+def _matmul(a, b, alpha: float, trans_b: bool = False) -> np.ndarray:
+    """alpha * a @ b (b.T if trans_b) on fastntk's BLAS and thread team: the products of the
+    forward and backward passes then share one team with the kernel assembly, instead of
+    alternating with NumPy's BLAS threads (each team spins for a while after its work, and
+    on a few cores the two slow each other down)."""
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    out = np.empty((a.shape[0], b.shape[0] if trans_b else b.shape[1]))
+    _core.matmul(a, b, out, trans_b=trans_b, alpha=alpha, n_threads=_threads.get_num_threads())
+    return out
+
+
+def _forward(net, params, x, keep: bool):
+    """Outputs (n, m); with keep, also each Dense layer's input and each activation's
+    derivative at its pre-activation (for the backward pass), indexed by layer."""
+    h = x
+    inputs, derivs = {}, {}
+    seen_dense = False
+    for k, layer in enumerate(net.layers):
+        if isinstance(layer, Dense):
+            W, b = params[k]
+            c_w, c_b = _multipliers(layer, W.shape[0])
+            if keep:
+                inputs[k] = h
+            z = _matmul(h, W, c_w)
+            if b is not None and c_b != 0.0:
+                z += c_b * b
+            h, seen_dense = z, True
+        elif isinstance(layer, Activation):
+            # The derivative is needed only where a Dense layer lies before (gradients
+            # never flow into the inputs).
+            if keep and seen_dense:
+                derivs[k] = layer.derivative(h)
+            h = layer.fn(h)
+    return np.ascontiguousarray(h), inputs, derivs
+
+
+def _features(net, params, x, ntk: bool) -> _Features:
+    """Forward pass, and for the NTK the backward pass of all outputs at once."""
+    f, inputs, derivs = _forward(net, params, x, keep=ntk)
+    terms = []
+    if not ntk:
+        return _Features(f, terms)
+    n, m = f.shape
+    first_dense = min(inputs) if inputs else None
+    delta = None  # d f / d h at the current layer's output, (n, m, width); None: the identity
+    for k in range(len(net.layers) - 1, -1, -1):
+        layer = net.layers[k]
+        if isinstance(layer, Dense):
+            W, b = params[k]
+            fan_in, out = W.shape
+            c_w, c_b = _multipliers(layer, fan_in)
+            bias = c_b**2 if b is not None else 0.0
+            terms.append((inputs[k], None if delta is None else np.ascontiguousarray(delta), c_w**2, bias))
+            if k == first_dense:
+                break
+            # Through z = c_W h @ W: d f / d h = c_W (d f / d z) @ W^T, one GEMM for all outputs.
+            if delta is None:  # the same (m, fan_in) signal for every point, C order like the rest
+                delta = np.broadcast_to(np.multiply(W.T, c_w, order="C"), (n, m, fan_in))
+            else:
+                delta = _matmul(delta.reshape(n * m, out), W, c_w, trans_b=True).reshape(n, m, fan_in)
+        elif isinstance(layer, Activation) and k in derivs:
+            slope = derivs.pop(k)  # freed as soon as it is used
+            if delta is None:  # an activation after the last Dense layer: a diagonal signal
+                delta = np.eye(m)[None, :, :] * slope[:, None, :]
+            elif delta.flags.writeable:  # a product's output, owned here: scale it in place
+                delta *= slope[:, None, :]
+            else:  # a broadcast view
+                delta = np.multiply(delta, slope[:, None, :], order="C")
+    return _Features(f, terms)
+
+
+# ---------------------------------------------------------------------------------------
+# Kernel assembly.
+
+
+def parse_trace_axes(trace_axes) -> bool:
+    """True for (-1,) (the output axis contracted and averaged), False for ()."""
+    if isinstance(trace_axes, numbers.Integral) and not isinstance(trace_axes, bool):
+        trace_axes = (trace_axes,)
+    if not isinstance(trace_axes, (tuple, list)) or not all(
+        isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in trace_axes
+    ):
+        raise ValueError(f"trace_axes must be () or (-1,), got {trace_axes!r}")
+    axes = {int(a) % 2 if -2 <= a <= 1 else None for a in trace_axes}
+    if axes == set():
+        return False
+    if axes == {1}:
+        return True
+    raise ValueError(
+        f"trace_axes must be () or (-1,) (outputs have shape (N, n_out); the batch axis 0 cannot be traced), "
+        f"got {trace_axes!r}"
+    )
+
+
+def _row_blocks(n: int, size: int):
+    return [(i, min(i + size, n)) for i in range(0, n, size)] or [(0, 0)]
+
+
+def _feature_bytes(net, params, m: int, input_dim: int, ntk: bool) -> int:
+    """Bytes of _Features (plus the forward temporaries) per point."""
+    total, width = m, input_dim
+    for layer, p in zip(net.layers, params):
+        if isinstance(layer, Dense):
+            total += width + (m * p[0].shape[1] if ntk else 0)
+            width = p[0].shape[1]
+        elif isinstance(layer, Activation):
+            total += 2 * width
+    return 8 * total
+
+
+def _batch_size(batch_size, n_total: int, per_point: int) -> int:
+    if batch_size is not None:
+        return _positive_int(batch_size, "batch_size")
+    # Everything at once unless the features of all points would take more than half of the
+    # free memory; then blocks whose features (two at a time) fit in a quarter of it.
+    available = _arrays.available_memory()
+    if available is None or n_total * per_point <= available // 2:
+        return max(n_total, 1)
+    return max(int(available // 4 // (2 * per_point)), 1)
+
+
+def _fill(net, params, a1, a2, outs: dict, trace: bool, scale: float, accumulate: bool, batch_size):
+    """outs[name] (= or +=) scale * the empirical kernel, for name in {'nngp', 'ntk'}.
+
+    a2 None: symmetric (x2 = x1). Points go through the network in blocks of batch_size
+    rows; for a block pair the native driver writes the block of the outputs in place.
+    """
+    ntk = "ntk" in outs
+    symmetric = a2 is None
+    n1 = a1.shape[0]
+    n2 = n1 if symmetric else a2.shape[0]
+    threads = _threads.get_num_threads()
+    blocks1 = _row_blocks(n1, batch_size)
+    blocks2 = blocks1 if symmetric else _row_blocks(n2, batch_size)
+
+    def call(f1, f2, i0, j0, n_i, n_j):
+        mm = f1.f.shape[1]
+        common = dict(trace=trace, accumulate=accumulate, row0=i0, col0=j0, n_threads=threads)
+        if "nngp" in outs:
+            b1 = f1.f.reshape(n_i, mm, 1)
+            b2 = None if f2 is None else f2.f.reshape(n_j, mm, 1)
+            term = (None, None, b1, b2, 0.0, 1.0)
+            _core.empirical_gram([term], n_i, None if f2 is None else n_j, mm, outs["nngp"],
+                                 scale=scale / mm if trace else scale, **common)  # fmt: skip
+        if ntk:
+            terms = []
+            for t1, t2 in zip(f1.terms, f1.terms if f2 is None else f2.terms):
+                terms.append(
+                    (t1[0], None if f2 is None else t2[0], t1[1], None if f2 is None else t2[1], t1[2], t1[3])
+                )
+            _core.empirical_gram(terms, n_i, None if f2 is None else n_j, mm, outs["ntk"],
+                                 scale=scale / mm if trace else scale, **common)  # fmt: skip
+
+    for bi, (i0, i1) in enumerate(blocks1):
+        f1 = _features(net, params, a1[i0:i1], ntk)
+        for bj, (j0, j1) in enumerate(blocks2):
+            if symmetric and bj < bi:
+                continue
+            if symmetric and bj == bi:
+                call(f1, None, i0, i0, i1 - i0, i1 - i0)
+                continue
+            f2 = _features(net, params, (a1 if symmetric else a2)[j0:j1], ntk)
+            call(f1, f2, i0, j0, i1 - i0, j1 - j0)
+            if symmetric:  # the mirror block, from the final (accumulated) values
+                for out in outs.values():
+                    block = out[i0:i1, j0:j1]
+                    out[j0:j1, i0:i1] = block.T if trace else block.transpose(1, 0, 3, 2)
+            del f2
+
+
+def kernels(net, params, x1, x2, names: tuple, trace_axes, batch_size=None) -> dict:
+    """The empirical kernels `names` of one network: {name: array}."""
+    trace = parse_trace_axes(trace_axes)
+    checked, input_dim = _check_params(net, params)
+    a1 = _check_input(x1, "x1", input_dim)
+    a2 = None
+    if x2 is not None and x2 is not x1:
+        a2 = _check_input(x2, "x2", a1.shape[1])
+    m = _output_dim(checked, a1.shape[1])
+    n1 = a1.shape[0]
+    n2 = n1 if a2 is None else a2.shape[0]
+    per_point = _feature_bytes(net, checked, m, a1.shape[1], "ntk" in names)
+    size = _batch_size(batch_size, n1 + (0 if a2 is None else n2), per_point)
+    outs = _arrays.empty_kernels(names, (n1, n2) if trace else (n1, n2, m, m))
+    _fill(net, checked, a1, a2, outs, trace, 1.0, False, size)
+    return outs
+
+
+def _output_dim(params, input_dim: int) -> int:
+    width = input_dim
+    for p in params:
+        if p:
+            width = p[0].shape[1]
+    return width
+
+
+def apply(net, params, x) -> np.ndarray:
+    """The network's outputs (see :meth:`fastntk.Network.apply`)."""
+    checked, input_dim = _check_params(net, params)
+    a = _check_input(x, "x", input_dim)
+    return _forward(net, checked, a, keep=False)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Monte Carlo.
+
+
+def monte_carlo_kernel(
+    net, x1, x2=None, n_samples=1, seed=0, get=("nngp", "ntk"), trace_axes=(-1,), batch_size=None
+):
+    """Monte Carlo estimate of the NNGP and NTK: empirical kernels averaged over networks.
+
+    Like Neural Tangents' ``monte_carlo_kernel_fn``: ``n_samples`` networks are drawn
+    independently (``net.init`` with the children of ``numpy.random.SeedSequence(seed)``:
+    sample s uses ``SeedSequence(seed).spawn(n_samples)[s]``, so the result does not depend
+    on ``batch_size`` and the first samples of a larger run are the same networks), and
+    their empirical kernels averaged. As the widths grow, the average approaches
+    ``net.kernel(x1, x2)`` (with trace_axes=(-1,); with trace_axes=() its blocks approach
+    ``net.kernel * I``).
+
+    Parameters
+    ----------
+    net : fastntk.Network
+        A network whose Dense layers all have an out_dim.
+    x1 : array_like, shape (N1, d)
+        Inputs, any real dtype (computed in float64).
+    x2 : array_like, shape (N2, d), optional
+        Second inputs; None (or x1 itself) means x1, computed with the symmetry.
+    n_samples : int
+        Number of networks, >= 1.
+    seed : int or numpy.random.SeedSequence
+        Seed of the whole estimate.
+    get : str or tuple of str
+        'nngp', 'ntk' or a tuple of them (a single name returns that array).
+    trace_axes : tuple
+        (-1,): average over the outputs (shape (N1, N2)); (): the full (N1, N2, n_out, n_out)
+        kernel.
+    batch_size : int, optional
+        Points that go through a network at a time; None: all at once unless their
+        features would take more than half of the free memory. Networks are drawn one at a
+        time and their kernels added into the result, so memory does not grow with
+        n_samples.
+
+    Returns
+    -------
+    numpy.ndarray, float64, or a named tuple of them (fields in the order of get).
+    """
+    from ._args import parse_get
+    from .network import _kernel_tuple
+
+    names, single = parse_get(get)
+    n_samples = _positive_int(n_samples, "n_samples")
+    if isinstance(seed, np.random.Generator):
+        raise TypeError(
+            "seed must be an integer or a numpy.random.SeedSequence (a Generator cannot be spawned)"
+        )
+    _rng(seed)  # validates
+    trace = parse_trace_axes(trace_axes)
+    if batch_size is not None:
+        batch_size = _positive_int(batch_size, "batch_size")
+    _check_widths(net)
+    a1 = _check_input(x1, "x1", None)
+    a2 = None
+    if x2 is not None and x2 is not x1:
+        a2 = _check_input(x2, "x2", None)
+        if a2.shape[1] != a1.shape[1]:
+            raise ValueError(
+                f"x1 and x2 must have the same number of features: x1 has shape {a1.shape}, x2 has shape {a2.shape}"
+            )
+    d = a1.shape[1]
+    n1 = a1.shape[0]
+    n2 = n1 if a2 is None else a2.shape[0]
+    base = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    outs = None
+    for s in range(n_samples):
+        # Exactly base.spawn(n_samples)[s], built without spawning, which would change the
+        # state of a SeedSequence passed in.
+        child = np.random.SeedSequence(
+            base.entropy, spawn_key=base.spawn_key + (s,), pool_size=base.pool_size
+        )
+        params = init(net, child, d)
+        if outs is None:
+            m = _output_dim(params, d)
+            outs = _arrays.empty_kernels(names, (n1, n2) if trace else (n1, n2, m, m))
+            per_point = _feature_bytes(net, params, m, d, "ntk" in names)
+            size = _batch_size(batch_size, n1 + (0 if a2 is None else n2), per_point)
+        _fill(net, params, a1, a2, outs, trace, 1.0 / n_samples, s > 0, size)
+    if single:
+        return outs[names[0]]
+    return _kernel_tuple(names)(*(outs[n] for n in names))

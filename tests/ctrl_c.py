@@ -1,0 +1,54 @@
+"""Native calls and Python: how long a call takes to stop after Ctrl-C (in a fresh
+interpreter), and whether other Python threads run while it works (the GIL released)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+_HARNESS = """
+import os, signal, threading, time
+_sent = []
+
+
+def _send_sigint():
+    _sent.append(time.perf_counter())
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+threading.Timer({delay}, _send_sigint).start()
+try:
+    {call}
+    print("FINISHED")
+except KeyboardInterrupt:
+    print("INTERRUPTED", time.perf_counter() - _sent[0])
+"""
+
+
+def seconds_to_stop(setup: str, call: str, delay: float = 0.5, timeout: float = 300) -> float:
+    """Runs `setup`, then `call` (one statement) with SIGINT sent `delay` seconds in; returns
+    the seconds from the signal to KeyboardInterrupt. Fails if the call finished first (the
+    job was too short to test anything) or the interpreter failed."""
+    code = textwrap.dedent(setup) + _HARNESS.format(delay=delay, call=call)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    words = out.stdout.split()
+    assert words and words[0] == "INTERRUPTED", f"the call was not interrupted: {out.stdout!r}"
+    return float(words[1])
+
+
+def python_ticks_during(fn) -> int:
+    """Runs fn() in a thread and counts how often this thread gets to run Python meanwhile
+    (once per millisecond at most). A call that holds the GIL throughout allows ~0 ticks."""
+    runner = threading.Thread(target=fn)
+    runner.start()
+    time.sleep(0.05)  # let the call start
+    ticks = 0
+    while runner.is_alive():
+        time.sleep(0.001)
+        ticks += 1
+    runner.join()
+    return ticks
