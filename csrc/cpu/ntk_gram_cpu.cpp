@@ -14,11 +14,8 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <exception>
 #include <limits>
 #include <memory>
 #include <string>
@@ -28,6 +25,7 @@
 #include "blas.hpp"
 #include "fastntk/activations.hpp"
 #include "fastntk/recursion.hpp"
+#include "tile_loop.hpp"
 
 namespace fastntk::cpu {
 namespace {
@@ -258,48 +256,21 @@ void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, con
 
   const Job job{prog, x1,       symmetric ? x1 : x2, n2, d, p1.view(), symmetric ? p1.view() : p2.view(), nngp,
                 ntk,  symmetric};
-  std::atomic<bool> stop{false};
-  std::exception_ptr error;
-  const Index n_tiles = static_cast<Index>(tiles.size());
-
-#pragma omp parallel num_threads(threads)
-  {
+  // Per thread: the tile's input covariances (ts x ts) and one row of NTK entries.
+  struct Scratch {
     std::unique_ptr<double[]> c, t;
-    try {
-      c.reset(new double[static_cast<std::size_t>(ts) * ts]);
-      t.reset(new double[ts]);
-    } catch (...) {
-#pragma omp critical(fastntk_error)
-      if (!error) error = std::current_exception();
-      stop = true;
-    }
-    const bool poller = omp_get_thread_num() == 0 && static_cast<bool>(opt.interrupted);
-    auto last_poll = std::chrono::steady_clock::now();
-#pragma omp for schedule(dynamic, 1)
-    for (Index k = 0; k < n_tiles; ++k) {
-      if (stop.load(std::memory_order_relaxed)) continue;
-      if (ntk)
-        run_tile_ntk(job, tiles[k], c.get(), ts, t.get());
-      else
-        run_tile_nngp(job, tiles[k], c.get(), ts, t.get());
-      if (poller) {
-        const auto now = std::chrono::steady_clock::now();
-        if (now - last_poll > std::chrono::milliseconds(50)) {
-          last_poll = now;
-          bool halt = true;
-          try {
-            halt = opt.interrupted();
-          } catch (...) {
-#pragma omp critical(fastntk_error)
-            if (!error) error = std::current_exception();
-          }
-          if (halt) stop = true;
-        }
-      }
-    }
-  }
-  if (error) std::rethrow_exception(error);
-  if (stop) throw Interrupted();
+  };
+  for_each_tile(
+      static_cast<Index>(tiles.size()), threads, opt.interrupted,
+      [ts] {
+        return Scratch{std::make_unique<double[]>(static_cast<std::size_t>(ts) * ts), std::make_unique<double[]>(ts)};
+      },
+      [&](Index k, Scratch& scratch, StopCheck&) {
+        if (ntk)
+          run_tile_ntk(job, tiles[k], scratch.c.get(), ts, scratch.t.get());
+        else
+          run_tile_nngp(job, tiles[k], scratch.c.get(), ts, scratch.t.get());
+      });
 
   if (symmetric) {
     // The exact diagonal: the tiles' own diagonal pairs went through a correlation
