@@ -9,6 +9,8 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "../cpu/ntk_gram_cpu.hpp"
 #include "common.hpp"
@@ -20,11 +22,21 @@ namespace {
 
 using fastntk::bindings::shape_of;
 
-void check_output(const std::optional<Array>& out, const char* name, py::ssize_t n1, py::ssize_t n2) {
+// An output must be (n1, n2) when there is one capture and no derivative, else
+// (captures, 1 + directions, n1, n2).
+void check_output(const std::optional<Array>& out, const char* name, py::ssize_t captures, py::ssize_t planes,
+                  py::ssize_t n1, py::ssize_t n2) {
   if (!out) return;
-  if (out->ndim() != 2 || out->shape(0) != n1 || out->shape(1) != n2)
-    throw std::invalid_argument(std::string(name) + " must have shape (" + std::to_string(n1) + ", " +
-                                std::to_string(n2) + "), got " + shape_of(*out));
+  const bool plain = captures == 1 && planes == 1;
+  const bool ok = plain ? (out->ndim() == 2 && out->shape(0) == n1 && out->shape(1) == n2)
+                        : (out->ndim() == 4 && out->shape(0) == captures && out->shape(1) == planes &&
+                           out->shape(2) == n1 && out->shape(3) == n2);
+  if (!ok) {
+    const std::string expected = plain ? "(" + std::to_string(n1) + ", " + std::to_string(n2) + ")"
+                                       : "(" + std::to_string(captures) + ", " + std::to_string(planes) + ", " +
+                                             std::to_string(n1) + ", " + std::to_string(n2) + ")";
+    throw std::invalid_argument(std::string(name) + " must have shape " + expected + ", got " + shape_of(*out));
+  }
   if (!out->writeable()) throw std::invalid_argument(std::string(name) + " must be writeable");
 }
 
@@ -34,14 +46,25 @@ void bind_ntk_gram(py::module_& m) {
   m.def(
       "ntk_gram",
       [](const fastntk::Program& prog, const Array& x1, const std::optional<Array>& x2, std::optional<Array> nngp,
-         std::optional<Array> ntk, int n_threads, int tile) {
+         std::optional<Array> ntk, int n_threads, int tile, std::vector<int> capture_after,
+         const std::optional<Array>& seeds) {
         if (x1.ndim() != 2) throw std::invalid_argument("x1 must be 2-D (N1, d), got shape " + shape_of(x1));
         if (x2 && (x2->ndim() != 2 || x2->shape(1) != x1.shape(1)))
           throw std::invalid_argument("x2 must be 2-D (N2, " + std::to_string(x1.shape(1)) + "), got shape " +
                                       shape_of(*x2));
         const py::ssize_t n1 = x1.shape(0), n2 = x2 ? x2->shape(0) : n1, d = x1.shape(1);
-        check_output(nngp, "nngp", n1, n2);
-        check_output(ntk, "ntk", n1, n2);
+        fastntk::cpu::GramRequest req;
+        req.capture_after = std::move(capture_after);
+        if (seeds) {
+          if (seeds->ndim() != 3 || seeds->shape(0) != prog.n_ops() || seeds->shape(2) != 3)
+            throw std::invalid_argument("seeds must have shape (n_ops=" + std::to_string(prog.n_ops()) +
+                                        ", directions, 3), got " + shape_of(*seeds));
+          req.n_directions = static_cast<int>(seeds->shape(1));
+          req.seeds.assign(seeds->data(), seeds->data() + seeds->size());
+        }
+        const py::ssize_t captures = req.capture_after.empty() ? 1 : req.capture_after.size();
+        check_output(nngp, "nngp", captures, 1 + req.n_directions, n1, n2);
+        check_output(ntk, "ntk", captures, 1 + req.n_directions, n1, n2);
         if (n_threads < 0) throw std::invalid_argument("n_threads must be >= 0, got " + std::to_string(n_threads));
 
         fastntk::cpu::GramOptions opt;
@@ -53,14 +76,17 @@ void bind_ntk_gram(py::module_& m) {
         double* pt = ntk ? ntk->mutable_data() : nullptr;
         fastntk::bindings::run_interruptible([&](const std::function<bool()>& interrupted) {
           opt.interrupted = interrupted;
-          fastntk::cpu::ntk_gram_cpu(prog, p1, n1, p2, n2, d, pn, pt, opt);
+          fastntk::cpu::ntk_gram_cpu(prog, p1, n1, p2, n2, d, pn, pt, opt, req);
         });
       },
       py::arg("program"), py::arg("x1").noconvert(), py::arg("x2").noconvert() = py::none(),
       py::arg("nngp").noconvert() = py::none(), py::arg("ntk").noconvert() = py::none(), py::arg("n_threads") = 0,
-      py::arg("tile") = 0,
-      "Fill nngp and/or ntk (float64 (N1, N2), C order) with the program's kernels between the rows of x1 and x2 "
-      "(x2=None: x1 with itself, using symmetry). Releases the GIL; Ctrl-C stops it.");
+      py::arg("tile") = 0, py::arg("capture_after") = std::vector<int>{}, py::arg("seeds") = py::none(),
+      "Fill nngp and/or ntk (float64, C order) with the program's kernels between the rows of x1 and x2 "
+      "(x2=None: x1 with itself, using symmetry). Outputs are (N1, N2); with capture_after (op indices after "
+      "which to write the kernels) or seeds (n_ops, P, 3: derivatives of each Dense op's W^2, b^2, t0 along P "
+      "directions) they are (captures, 1 + P, N1, N2): the kernels, then their derivatives. Releases the GIL; "
+      "Ctrl-C stops it.");
 
   m.def(
       "default_tile",

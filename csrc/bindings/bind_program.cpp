@@ -1,5 +1,8 @@
 // fastntk._core.Program: registration of the layer-program builder. No math here.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <vector>
 
 #include "fastntk/program.hpp"
 
@@ -12,12 +15,13 @@ void bind_program(py::module_& m) {
       .def(py::init<>())
       .def(
           "add_dense",
-          [](Program& p, double W_std, py::object b_std, bool standard, double n_in) -> Program& {
+          [](Program& p, double W_std, py::object b_std, bool standard, double n_in, double ntk_bias) -> Program& {
             const bool has_bias = !b_std.is_none();
             return p.add_dense(W_std, has_bias ? b_std.cast<double>() : 0.0, has_bias,
-                               standard ? Parameterization::Standard : Parameterization::Ntk, n_in);
+                               standard ? Parameterization::Standard : Parameterization::Ntk, n_in, ntk_bias);
           },
-          py::arg("W_std"), py::arg("b_std"), py::arg("standard"), py::arg("n_in"), py::return_value_policy::reference)
+          py::arg("W_std"), py::arg("b_std"), py::arg("standard"), py::arg("n_in"), py::arg("ntk_bias") = 0.0,
+          py::return_value_policy::reference)
       .def("add_abrelu", &Program::add_abrelu, py::arg("a"), py::arg("b"), py::return_value_policy::reference)
       .def("add_erf", &Program::add_erf, py::arg("a"), py::arg("b"), py::arg("c"), py::return_value_policy::reference)
       .def("add_sign", &Program::add_sign, py::return_value_policy::reference)
@@ -33,6 +37,22 @@ void bind_program(py::module_& m) {
       .def("set_layer", &Program::set_layer, py::arg("layer"), py::return_value_policy::reference,
            "Tag the ops added from now on with this layer index (used in error messages).")
       .def_property_readonly("n_ops", &Program::n_ops)
+      .def_property_readonly(
+          "op_layers",
+          [](const Program& p) {
+            std::vector<int> layers;
+            for (const auto& op : p.ops()) layers.push_back(op.layer);
+            return layers;
+          },
+          "For each op, the index of the layer it came from (see set_layer).")
+      .def_property_readonly(
+          "dense_ops",
+          [](const Program& p) {
+            std::vector<bool> dense;
+            for (const auto& op : p.ops()) dense.push_back(op.kind == fastntk::OpKind::Dense);
+            return dense;
+          },
+          "For each op, whether it is a Dense layer.")
       .def_property_readonly("n_activations", &Program::n_activations)
       .def_property_readonly("coefficients", &Program::coef, "The coefficient pool of the polynomial activations.");
 }

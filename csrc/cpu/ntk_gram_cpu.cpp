@@ -19,11 +19,13 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "blas.hpp"
 #include "fastntk/activations.hpp"
+#include "fastntk/dual.hpp"
 #include "fastntk/recursion.hpp"
 #include "tile_loop.hpp"
 
@@ -32,26 +34,55 @@ namespace {
 
 using Index = std::int64_t;
 
-// Per-point tables of one input set (see PointTables), and its final diagonal.
+// Per-point tables of one input set (see PointTablesT) and its diagonal at each capture.
+template <class T>
 struct Points {
-  std::vector<double> table;  // [n_activations, 4, n]
-  std::vector<double> q;      // [n] final Sigma(x, x)
-  std::vector<double> t;      // [n] final Theta(x, x)
-  PointTables view() const { return PointTables{table.data(), static_cast<long long>(q.size())}; }
+  std::vector<T> table;  // [n_activations, 4, n]
+  std::vector<T> q;      // [C, n] Sigma(x, x) at each capture
+  std::vector<T> t;      // [C, n] Theta(x, x) at each capture
+  Index n = 0;
+  PointTablesT<T> view() const { return PointTablesT<T>{table.data(), static_cast<long long>(n)}; }
 };
 
-Points point_pass(const ProgramView& prog, const double* x, Index n, Index d, int threads, const char* name) {
-  Points pts;
-  pts.table.assign(static_cast<std::size_t>(4 * prog.n_activations) * n, 0.0);
-  pts.q.resize(n);
-  pts.t.resize(n);
-  Index first_bad = n;
+// What the tiles share: the program, its seeds and captures, the inputs, the point tables
+// and where the outputs go.
+template <class T>
+struct Job {
+  ProgramView prog;
+  const double* seeds;  // [n_ops, P, 3], or null for T = double
+  const int* capture;   // [n_ops]: the capture index written after each op, or -1
+  int capture_end;      // the capture index written at the end of the program, or -1
+  int n_captures;
+  const double* x1;
+  const double* x2;
+  Index n1, n2, d;
+  PointTablesT<T> t1, t2;
+  double* nngp;  // [C, 1 + P, n1, n2] or null
+  double* ntk;   // likewise
+  bool symmetric;
+
+  static constexpr int kPlanes = 1 + DualSize<T>::value;
+  double* plane(double* base, int c, int p) const { return base + (Index(c) * kPlanes + p) * n1 * n2; }
+};
+
+template <class T>
+Points<T> point_pass(const Job<T>& job, const double* x, Index n, int threads, const char* name) {
+  const ProgramView& prog = job.prog;
+  constexpr int P = DualSize<T>::value;
+  Points<T> pts;
+  pts.n = n;
+  pts.table.assign(static_cast<std::size_t>(4 * prog.n_activations) * n, T(0.0));
+  pts.q.resize(static_cast<std::size_t>(job.n_captures) * n);
+  pts.t.resize(static_cast<std::size_t>(job.n_captures) * n);
+  const Index d = job.d;
   const double inv_d = 1.0 / static_cast<double>(d);
+  Index first_bad = n;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(min : first_bad)
   for (Index i = 0; i < n; ++i) {
     const double* row = x + i * d;
     const double q0 = blas::dot(static_cast<int>(d), row, row) * inv_d;
-    if (!std::isfinite(q0) || point_recursion(prog, q0, pts.table.data(), n, i, pts.q[i], pts.t[i]) >= 0)
+    if (!std::isfinite(q0) || point_recursion<T>(prog, job.seeds, 3 * P, q0, pts.table.data(), n, i, job.capture,
+                                                 job.capture_end, pts.q.data(), pts.t.data()) >= 0)
       first_bad = std::min(first_bad, i);
   }
   if (first_bad < n) {
@@ -62,10 +93,22 @@ Points point_pass(const ProgramView& prog, const double* x, Index n, Index d, in
       throw std::invalid_argument(where +
                                   ": its squared norm overflows float64 (|x|^2 > 1.8e308); scale the "
                                   "inputs down");
-    double q, t;
-    const Op& op = prog.ops[point_recursion(prog, q0, pts.table.data(), n, first_bad, q, t)];
+    // A Gaussian(b > 0) layer diverges: rerun the point in double to name the layer and q.
+    std::vector<double> table(4 * prog.n_activations), q(1), t(1);
+    const Op& op =
+        prog.ops[point_recursion<double>(prog, nullptr, 0, q0, table.data(), 1, 0, nullptr, 0, q.data(), t.data())];
+    double qv = q0, tv = 0.0;  // the variance reaching that op
+    for (int k = 0; &prog.ops[k] != &op; ++k) {
+      if (prog.ops[k].kind == OpKind::Dense) {
+        dense_pair<true>(prog.ops[k], qv, tv);
+      } else {
+        double f, dot;
+        activation_diag(prog.ops[k], prog.coef, qv, f, dot);
+        qv = f;
+      }
+    }
     throw std::invalid_argument("Gaussian(b=" + std::to_string(op.p[1]) + ") at layer " + std::to_string(op.layer) +
-                                ": " + where + " reaches the variance q=" + std::to_string(q) +
+                                ": " + where + " reaches the variance q=" + std::to_string(qv) +
                                 " before this layer, where E[exp(b u^2)^2] diverges (it needs 4*b*q < 1); scale "
                                 "the inputs down or use b <= 0");
   }
@@ -73,79 +116,95 @@ Points point_pass(const ProgramView& prog, const double* x, Index n, Index d, in
 }
 
 // One activation over a row segment: s[j], t[j] <- pair(x, y_j).
-template <class Map, bool Ntk>
-void activation_row(const Op& op_ref, const double* coef, const Stats x, const PointTables& ty, int a, Index j0, int n,
-                    double* FASTNTK_RESTRICT s, double* FASTNTK_RESTRICT t) {
+template <class Map, bool Ntk, class T>
+void activation_row(const Op& op_ref, const double* coef, const StatsT<T> x, const PointTablesT<T>& ty, int a, Index j0,
+                    int n, T* FASTNTK_RESTRICT s, T* FASTNTK_RESTRICT t) {
   const Op op = op_ref;  // a local copy: its loads are then loop invariant
-  const double* FASTNTK_RESTRICT qy = ty.field(a, 0) + j0;
-  const double* FASTNTK_RESTRICT ay = ty.field(a, 1) + j0;
-  const double* FASTNTK_RESTRICT by = ty.field(a, 2) + j0;
-  const double* FASTNTK_RESTRICT cy = ty.field(a, 3) + j0;
+  const T* FASTNTK_RESTRICT qy = ty.field(a, 0) + j0;
+  const T* FASTNTK_RESTRICT ay = ty.field(a, 1) + j0;
+  const T* FASTNTK_RESTRICT by = ty.field(a, 2) + j0;
+  const T* FASTNTK_RESTRICT cy = ty.field(a, 3) + j0;
 #pragma omp simd
   for (int j = 0; j < n; ++j) {
-    const Stats y{qy[j], ay[j], by[j], cy[j]};
-    double sj = s[j], tj = Ntk ? t[j] : 0.0;
+    const StatsT<T> y{qy[j], ay[j], by[j], cy[j]};
+    T sj = s[j], tj = Ntk ? t[j] : T(0.0);
     Map::template pair<Ntk>(op, coef, x, y, sj, tj);
     s[j] = sj;
     if (Ntk) t[j] = tj;
   }
 }
 
-template <bool Ntk>
-void dense_row(const Op& op_ref, int n, double* FASTNTK_RESTRICT s, double* FASTNTK_RESTRICT t) {
+template <bool Ntk, class T, class W>
+void dense_row(const Op& op_ref, const DenseParams<W> w, int n, T* FASTNTK_RESTRICT s, T* FASTNTK_RESTRICT t) {
   const Op op = op_ref;
 #pragma omp simd
   for (int j = 0; j < n; ++j) {
-    double sj = s[j], tj = Ntk ? t[j] : 0.0;
-    dense_pair<Ntk>(op, sj, tj);
+    T sj = s[j], tj = Ntk ? t[j] : T(0.0);
+    dense_apply<Ntk>(op, w, sj, tj);
     s[j] = sj;
     if (Ntk) t[j] = tj;
   }
 }
 
-// All layers over the pairs (i, j0 .. j0 + n): s holds x.y/d on entry, the NNGP on exit;
-// t receives the NTK.
-template <bool Ntk>
-void run_row(const ProgramView& prog, const PointTables& tx, Index i, const PointTables& ty, Index j0, int n, double* s,
-             double* t) {
-  if (Ntk) std::fill(t, t + n, 0.0);
+// Writes values (plane 0) and derivatives (planes 1..P) of a row segment.
+template <class T>
+void store_row(const Job<T>& job, double* base, int c, Index i, Index j0, int n, const T* v) {
+  if constexpr (std::is_same_v<T, double>) {
+    std::copy(v, v + n, job.plane(base, c, 0) + i * job.n2 + j0);
+  } else {
+    double* out = job.plane(base, c, 0) + i * job.n2 + j0;
+    const Index stride = job.n1 * job.n2;
+    for (int j = 0; j < n; ++j) {
+      out[j] = v[j].v;
+      for (int p = 0; p < DualSize<T>::value; ++p) out[(p + 1) * stride + j] = v[j].d[p];
+    }
+  }
+}
+
+template <bool Ntk, class T>
+void store_captured(const Job<T>& job, int c, Index i, Index j0, int n, const T* s, const T* t) {
+  if (job.nngp) store_row(job, job.nngp, c, i, j0, n, s);
+  if (Ntk && job.ntk) store_row(job, job.ntk, c, i, j0, n, t);
+}
+
+// All layers over the pairs (i, j0 .. j0 + n): s holds x.y/d on entry; after each
+// captured op the NNGP (s) and NTK (t) are written out.
+template <bool Ntk, class T>
+void run_row(const Job<T>& job, Index i, Index j0, int n, T* s, T* t) {
+  const ProgramView& prog = job.prog;
+  constexpr int P = DualSize<T>::value;
+  if (Ntk) std::fill(t, t + n, T(0.0));
   int a = 0;
   for (int k = 0; k < prog.n_ops; ++k) {
     const Op& op = prog.ops[k];
     if (op.kind == OpKind::Dense) {
-      dense_row<Ntk>(op, n, s, t);
-      continue;
-    }
-    const Stats x = tx.at(a, i);
-    switch (op.kind) {
-#define FASTNTK_ROW_CASE(kind, map)                                 \
-  case OpKind::kind:                                                \
-    activation_row<map, Ntk>(op, prog.coef, x, ty, a, j0, n, s, t); \
+      if constexpr (P == 0)
+        dense_row<Ntk>(op, dense_params(op), n, s, t);
+      else
+        dense_row<Ntk>(op, dense_params<P>(op, job.seeds + 3 * P * k), n, s, t);
+    } else {
+      const StatsT<T> x = job.t1.at(a, i);
+      switch (op.kind) {
+#define FASTNTK_ROW_CASE(kind, map)                                     \
+  case OpKind::kind:                                                    \
+    activation_row<map, Ntk>(op, prog.coef, x, job.t2, a, j0, n, s, t); \
     break;
-      FASTNTK_FOR_EACH_ACTIVATION(FASTNTK_ROW_CASE)
+        FASTNTK_FOR_EACH_ACTIVATION(FASTNTK_ROW_CASE)
 #undef FASTNTK_ROW_CASE
-      default:
-        break;
+        default:
+          break;
+      }
+      ++a;
     }
-    ++a;
+    if (job.capture[k] >= 0) store_captured<Ntk>(job, job.capture[k], i, j0, n, s, t);
   }
+  if (job.capture_end >= 0) store_captured<Ntk>(job, job.capture_end, i, j0, n, s, t);
 }
 
 struct Tile {
   Index i0, j0;
   int m, n;
   bool diagonal;  // a diagonal tile of a symmetric Gram: only j >= i is computed
-};
-
-struct Job {
-  ProgramView prog;
-  const double* x1;
-  const double* x2;
-  Index n2, d;
-  PointTables t1, t2;
-  double* nngp;
-  double* ntk;
-  bool symmetric;
 };
 
 // out[j, i] = out[i, j] over the tile (its strict upper triangle for a diagonal tile),
@@ -167,11 +226,20 @@ void mirror_tile(double* out, Index ld, const Tile& tile) {
   }
 }
 
-template <bool Ntk>
-void run_tile(const Job& job, const Tile& tile, double* c, int ldc, double* t) {
+// Per thread: the tile's input covariances (ts x ts, double), and for T != double a row
+// of them as T; one row of NTK entries.
+template <class T>
+struct Scratch {
+  std::unique_ptr<double[]> c;
+  std::unique_ptr<T[]> s, t;
+};
+
+template <bool Ntk, class T>
+void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch, int ldc) {
   const int d = static_cast<int>(job.d);
   const double inv_d = 1.0 / static_cast<double>(job.d);
   const double* a = job.x1 + tile.i0 * job.d;
+  double* c = scratch.c.get();
   if (tile.diagonal) {
     blas::syrk_upper(tile.m, d, inv_d, a, d, c, ldc);
   } else {
@@ -181,25 +249,31 @@ void run_tile(const Job& job, const Tile& tile, double* c, int ldc, double* t) {
   for (int r = 0; r < tile.m; ++r) {
     const int jb = tile.diagonal ? r : 0;
     const int len = tile.n - jb;
-    double* s = c + static_cast<Index>(r) * ldc + jb;
-    const Index i = tile.i0 + r;
-    const Index j0 = tile.j0 + jb;
-    run_row<Ntk>(job.prog, job.t1, i, job.t2, j0, len, s, t);
-    if (job.nngp) std::copy(s, s + len, job.nngp + i * job.n2 + j0);
-    if (Ntk && job.ntk) std::copy(t, t + len, job.ntk + i * job.n2 + j0);
+    double* row = c + static_cast<Index>(r) * ldc + jb;
+    T* s;
+    if constexpr (std::is_same_v<T, double>) {
+      s = row;  // in place
+    } else {
+      s = scratch.s.get();
+      std::copy(row, row + len, s);  // zero tangents: the inputs do not depend on the parameters
+    }
+    run_row<Ntk>(job, tile.i0 + r, tile.j0 + jb, len, s, scratch.t.get());
   }
   if (job.symmetric) {
-    if (job.nngp) mirror_tile(job.nngp, job.n2, tile);
-    if (Ntk && job.ntk) mirror_tile(job.ntk, job.n2, tile);
+    for (int cap = 0; cap < job.n_captures; ++cap)
+      for (int p = 0; p < Job<T>::kPlanes; ++p) {
+        if (job.nngp) mirror_tile(job.plane(job.nngp, cap, p), job.n2, tile);
+        if (Ntk && job.ntk) mirror_tile(job.plane(job.ntk, cap, p), job.n2, tile);
+      }
   }
 }
 
 // A portable x86-64 build (no -march) would vectorize the recursion for SSE2 only, where
-// GCC does not even vectorize the arc-cosine loops. So the tile function is cloned for
-// x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and the baseline, each clone with every
-// callee inlined (flatten) and compiled, libmvec calls included, for its instruction
-// set; the dynamic loader picks the clone for the running CPU once (an ifunc).
-// A native build (-march=...) compiles the one version it needs.
+// GCC does not even vectorize the arc-cosine loops. So the tile function of the kernels
+// (T = double) is cloned for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and the
+// baseline, each clone with every callee inlined (flatten) and compiled, libmvec calls
+// included, for its instruction set; the dynamic loader picks the clone for the running
+// CPU once (an ifunc). A native build (-march=...) compiles the one version it needs.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX2__)
 #define FASTNTK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
 #define FASTNTK_RUNTIME_DISPATCH 1
@@ -207,11 +281,84 @@ void run_tile(const Job& job, const Tile& tile, double* c, int ldc, double* t) {
 #define FASTNTK_CLONES
 #define FASTNTK_RUNTIME_DISPATCH 0
 #endif
-FASTNTK_CLONES void run_tile_ntk(const Job& job, const Tile& tile, double* c, int ldc, double* t) {
-  run_tile<true>(job, tile, c, ldc, t);
+FASTNTK_CLONES void run_tile_ntk(const Job<double>& job, const Tile& tile, Scratch<double>& scratch, int ldc) {
+  run_tile<true>(job, tile, scratch, ldc);
 }
-FASTNTK_CLONES void run_tile_nngp(const Job& job, const Tile& tile, double* c, int ldc, double* t) {
-  run_tile<false>(job, tile, c, ldc, t);
+FASTNTK_CLONES void run_tile_nngp(const Job<double>& job, const Tile& tile, Scratch<double>& scratch, int ldc) {
+  run_tile<false>(job, tile, scratch, ldc);
+}
+template <class T>
+void dispatch_tile(bool ntk, const Job<T>& job, const Tile& tile, Scratch<T>& scratch, int ldc) {
+  if constexpr (std::is_same_v<T, double>) {
+    if (ntk)
+      run_tile_ntk(job, tile, scratch, ldc);
+    else
+      run_tile_nngp(job, tile, scratch, ldc);
+  } else {
+    if (ntk)
+      run_tile<true>(job, tile, scratch, ldc);
+    else
+      run_tile<false>(job, tile, scratch, ldc);
+  }
+}
+
+template <class T>
+void gram(const ProgramView& prog, const double* x1, Index n1, const double* x2, Index n2, Index d, double* nngp,
+          double* ntk, const GramOptions& opt, const std::vector<int>& capture, int capture_end, int n_captures,
+          const std::vector<double>& seeds) {
+  const bool symmetric = x2 == nullptr;
+  const int threads = opt.n_threads > 0 ? opt.n_threads : omp_get_max_threads();
+  Job<T> job;
+  job.prog = prog;
+  job.seeds = seeds.empty() ? nullptr : seeds.data();
+  job.capture = capture.data();
+  job.capture_end = capture_end;
+  job.n_captures = n_captures;
+  job.x1 = x1;
+  job.x2 = symmetric ? x1 : x2;
+  job.n1 = n1;
+  job.n2 = n2;
+  job.d = d;
+  job.nngp = nngp;
+  job.ntk = ntk;
+  job.symmetric = symmetric;
+  const Points<T> p1 = point_pass(job, x1, n1, threads, "x1");
+  const Points<T> p2 = symmetric ? Points<T>{} : point_pass(job, x2, n2, threads, "x2");
+  job.t1 = p1.view();
+  job.t2 = symmetric ? p1.view() : p2.view();
+
+  const int ts = opt.tile > 0 ? opt.tile : default_tile(n1, n2, symmetric, threads);
+  std::vector<Tile> tiles;
+  for (Index i0 = 0; i0 < n1; i0 += ts)
+    for (Index j0 = symmetric ? i0 : 0; j0 < n2; j0 += ts)
+      tiles.push_back(Tile{i0, j0, static_cast<int>(std::min<Index>(ts, n1 - i0)),
+                           static_cast<int>(std::min<Index>(ts, n2 - j0)), symmetric && i0 == j0});
+
+  for_each_tile(
+      static_cast<Index>(tiles.size()), threads, opt.interrupted,
+      [ts] {
+        Scratch<T> scratch;
+        scratch.c = std::make_unique<double[]>(static_cast<std::size_t>(ts) * ts);
+        if constexpr (!std::is_same_v<T, double>) scratch.s = std::make_unique<T[]>(ts);
+        scratch.t = std::make_unique<T[]>(ts);
+        return scratch;
+      },
+      [&](Index k, Scratch<T>& scratch, StopCheck&) { dispatch_tile(ntk != nullptr, job, tiles[k], scratch, ts); });
+
+  if (symmetric) {
+    // The exact diagonal: the tiles' own diagonal pairs went through a correlation
+    // that GEMM round-off may put at 1 - 1e-16, which costs ~8 digits after acos.
+    for (int c = 0; c < n_captures; ++c)
+      for (Index i = 0; i < n1; ++i) {
+        const T q = p1.q[c * n1 + i], t = p1.t[c * n1 + i];
+        for (int p = 0; p < Job<T>::kPlanes; ++p) {
+          const double qp = p == 0 ? value(q) : tangent(q, p - 1);
+          const double tp = p == 0 ? value(t) : tangent(t, p - 1);
+          if (nngp) job.plane(nngp, c, p)[i * n2 + i] = qp;
+          if (ntk) job.plane(ntk, c, p)[i * n2 + i] = tp;
+        }
+      }
+  }
 }
 
 }  // namespace
@@ -230,6 +377,11 @@ int default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads
 
 void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
                   std::int64_t d, double* nngp, double* ntk, const GramOptions& opt) {
+  ntk_gram_cpu(program, x1, n1, x2, n2, d, nngp, ntk, opt, GramRequest{});
+}
+
+void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
+                  std::int64_t d, double* nngp, double* ntk, const GramOptions& opt, const GramRequest& req) {
   const bool symmetric = x2 == nullptr;
   if (symmetric) n2 = n1;
   if (n1 < 0 || n2 < 0) throw std::invalid_argument("ntk_gram_cpu: negative number of rows");
@@ -237,48 +389,50 @@ void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, con
   if (d > std::numeric_limits<int>::max()) throw std::invalid_argument("ntk_gram_cpu: d exceeds the 32-bit BLAS limit");
   if (!nngp && !ntk) throw std::invalid_argument("ntk_gram_cpu: neither nngp nor ntk requested");
   if (opt.tile < 0 || opt.tile > 4096) throw std::invalid_argument("ntk_gram_cpu: tile must be in [0, 4096]");
+  const int n_ops = program.n_ops();
+  const int P = req.n_directions;
+  if (P < 0 || P > kMaxDirections)
+    throw std::invalid_argument("ntk_gram_cpu: n_directions must be in [0, " + std::to_string(kMaxDirections) +
+                                "], got " + std::to_string(P));
+  if (req.seeds.size() != static_cast<std::size_t>(n_ops) * P * 3)
+    throw std::invalid_argument(
+        "ntk_gram_cpu: seeds must hold n_ops * n_directions * 3 = " + std::to_string(std::size_t(n_ops) * P * 3) +
+        " values, got " + std::to_string(req.seeds.size()));
+  // capture[k]: the index of the capture written after op k, or -1; capture_end: at the end.
+  std::vector<int> capture(std::max(n_ops, 1), -1);
+  int capture_end = -1, n_captures = 0;
+  if (req.capture_after.empty()) {
+    capture_end = 0;
+    n_captures = 1;
+  } else {
+    int last = -1;
+    for (int k : req.capture_after) {
+      if (k <= last || k >= n_ops)
+        throw std::invalid_argument("ntk_gram_cpu: capture_after must be increasing op indices in [0, " +
+                                    std::to_string(n_ops) + "), got " + std::to_string(k) + " after " +
+                                    std::to_string(last));
+      capture[k] = n_captures++;
+      last = k;
+    }
+  }
   if (n1 == 0 || n2 == 0) return;
   if (!x1) throw std::invalid_argument("ntk_gram_cpu: x1 is null");
 
   const ProgramView prog = program.view();
-  const int threads = opt.n_threads > 0 ? opt.n_threads : omp_get_max_threads();
   blas::use_single_thread();
-
-  const Points p1 = point_pass(prog, x1, n1, d, threads, "x1");
-  const Points p2 = symmetric ? Points{} : point_pass(prog, x2, n2, d, threads, "x2");
-
-  const int ts = opt.tile > 0 ? opt.tile : default_tile(n1, n2, symmetric, threads);
-  std::vector<Tile> tiles;
-  for (Index i0 = 0; i0 < n1; i0 += ts)
-    for (Index j0 = symmetric ? i0 : 0; j0 < n2; j0 += ts)
-      tiles.push_back(Tile{i0, j0, static_cast<int>(std::min<Index>(ts, n1 - i0)),
-                           static_cast<int>(std::min<Index>(ts, n2 - j0)), symmetric && i0 == j0});
-
-  const Job job{prog, x1,       symmetric ? x1 : x2, n2, d, p1.view(), symmetric ? p1.view() : p2.view(), nngp,
-                ntk,  symmetric};
-  // Per thread: the tile's input covariances (ts x ts) and one row of NTK entries.
-  struct Scratch {
-    std::unique_ptr<double[]> c, t;
-  };
-  for_each_tile(
-      static_cast<Index>(tiles.size()), threads, opt.interrupted,
-      [ts] {
-        return Scratch{std::make_unique<double[]>(static_cast<std::size_t>(ts) * ts), std::make_unique<double[]>(ts)};
-      },
-      [&](Index k, Scratch& scratch, StopCheck&) {
-        if (ntk)
-          run_tile_ntk(job, tiles[k], scratch.c.get(), ts, scratch.t.get());
-        else
-          run_tile_nngp(job, tiles[k], scratch.c.get(), ts, scratch.t.get());
-      });
-
-  if (symmetric) {
-    // The exact diagonal: the tiles' own diagonal pairs went through a correlation
-    // that GEMM round-off may put at 1 - 1e-16, which costs ~8 digits after acos.
-    for (Index i = 0; i < n1; ++i) {
-      if (nngp) nngp[i * n2 + i] = p1.q[i];
-      if (ntk) ntk[i * n2 + i] = p1.t[i];
-    }
+  switch (P) {
+    case 0:
+      gram<double>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
+      break;
+    case 1:
+      gram<Dual<1>>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
+      break;
+    case 2:
+      gram<Dual<2>>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
+      break;
+    default:
+      gram<Dual<3>>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
+      break;
   }
 }
 

@@ -5,6 +5,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "fastntk/program.hpp"
 
@@ -25,6 +26,19 @@ struct GramOptions {
   std::function<bool()> interrupted;
 };
 
+// What to compute beyond the final kernels (see ntk_gram_cpu's second form).
+struct GramRequest {
+  // Ops after which the kernels are written, in increasing order; empty: after the last op.
+  std::vector<int> capture_after;
+  // Derivatives along P = n_directions (0 to kMaxDirections) directions in the Dense
+  // parameters: seeds[(k * P + p) * 3 + m] is the derivative of parameter m of op k
+  // (m = 0: W^2, 1: b^2, 2: t0, see recursion.hpp) along direction p; entries of non-Dense
+  // ops are ignored. Size n_ops * P * 3.
+  int n_directions = 0;
+  std::vector<double> seeds;
+};
+constexpr int kMaxDirections = 3;
+
 // The NNGP and/or NTK of `prog` between the rows of x1 and x2.
 //   x1:   [n1, d] row-major
 //   x2:   [n2, d] row-major, or nullptr for x2 = x1 (symmetric: upper tiles computed, then mirrored;
@@ -34,6 +48,13 @@ struct GramOptions {
 // Throws std::invalid_argument on bad sizes or where a layer's kernel diverges for the data.
 void ntk_gram_cpu(const Program& prog, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
                   std::int64_t d, double* nngp, double* ntk, const GramOptions& opt = {});
+
+// The general form: nngp and ntk (each optional) are [C, 1 + P, n1, n2] row-major, with
+// C = the number of captures and P = the number of directions of `req`: for capture c,
+// plane 0 holds the kernel after op req.capture_after[c] and plane 1 + p its derivative
+// along direction p.
+void ntk_gram_cpu(const Program& prog, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
+                  std::int64_t d, double* nngp, double* ntk, const GramOptions& opt, const GramRequest& req);
 
 // The tile size the driver would choose.
 int default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads);

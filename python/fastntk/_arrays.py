@@ -74,30 +74,29 @@ def _human(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def empty_outputs(count: int, n1: int, n2: int) -> list:
-    """count float64 arrays of shape (n1, n2), or MemoryError before any work starts."""
-    needed = count * n1 * n2 * 8
+def empty_arrays(count: int, shape: tuple) -> list:
+    """count float64 arrays of the given shape, or MemoryError before any work starts."""
+    shape = tuple(int(n) for n in shape)
+    needed = count * int(np.prod(shape, dtype=object)) * 8
+    plural = "s" if count > 1 else ""
     message = (
-        f"fastntk: the requested kernel{'s' if count > 1 else ''} need {needed} bytes ({_human(needed)}) "
-        f"for {count} float64 array{'s' if count > 1 else ''} of shape ({n1}, {n2})"
+        f"fastntk: the requested kernel{plural} need {needed} bytes ({_human(needed)}) "
+        f"for {count} float64 array{plural} of shape {shape}"
     )
     available = available_memory()
     if available is not None and needed > available:
         raise MemoryError(f"{message}, but only {available} bytes ({_human(available)}) are available")
     try:
-        return [np.empty((n1, n2), dtype=np.float64) for _ in range(count)]
+        return [np.empty(shape, dtype=np.float64) for _ in range(count)]
     except (MemoryError, ValueError) as exc:
         raise MemoryError(f"{message}, which could not be allocated") from exc
 
 
+def empty_outputs(count: int, n1: int, n2: int) -> list:
+    """count float64 arrays of shape (n1, n2), or MemoryError before any work starts."""
+    return empty_arrays(count, (n1, n2))
+
+
 def empty_kernels(names, shape: tuple) -> dict:
-    """{name: float64 array of shape (n1, n2, ...)} for each name, or MemoryError before any
-    work starts (the checks of :func:`empty_outputs`, on the arrays seen as (n1, rest))."""
-    cols = int(np.prod(shape[1:], dtype=np.int64))
-    try:
-        outs = empty_outputs(len(names), shape[0], cols)
-    except MemoryError as exc:
-        if len(shape) == 2:
-            raise
-        raise MemoryError(f"{exc} (kernels of shape {tuple(shape)})") from None
-    return {name: out.reshape(shape) for name, out in zip(names, outs)}
+    """{name: float64 array of the given shape} for each name, or MemoryError before any work starts."""
+    return dict(zip(names, empty_arrays(len(names), shape)))

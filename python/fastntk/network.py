@@ -75,7 +75,7 @@ class Network:
             self._programs[input_dim] = program
         return program
 
-    def kernel(self, x1, x2=None, get=("nngp", "ntk")):
+    def kernel(self, x1, x2=None, get=("nngp", "ntk"), every_layer=False):
         """The infinite-width NNGP and/or NTK between the rows of x1 and x2.
 
         Parameters
@@ -90,12 +90,33 @@ class Network:
         get : str or tuple of str
             ``'nngp'``, ``'ntk'`` or a tuple of them. A single name returns that
             array; a tuple returns a named tuple with those fields, in order.
+        every_layer : bool
+            False: the kernels of the whole network. True: the kernels after every
+            layer, from the same single pass (the recursion computes them anyway):
+            a leading axis over the layers of the network, entry ``l`` being the
+            kernel of the network cut after layer ``l`` (an Identity layer repeats
+            the entry before it; before any layer the NNGP is x1.x2/d and the NTK 0).
+            For an MLP ``Dense, act, Dense, act, ..., Dense`` whose Dense layers are
+            alike, entry ``2 l`` is the kernel of the same MLP with ``l`` hidden
+            layers: a sweep over depth costs one evaluation.
 
         Returns
         -------
-        numpy.ndarray of shape (N1, N2), float64, or a named tuple of them.
+        numpy.ndarray of shape (N1, N2) (``(len(layers), N1, N2)`` with
+        ``every_layer``), float64, or a named tuple of them.
         """
         names, single = parse_get(get)
+        a1, a2 = self._inputs(x1, x2)
+        if not every_layer:
+            outs = self._gram(a1, a2, names)
+        else:
+            outs = self._every_layer(a1, a2, names)
+        if single:
+            return outs[names[0]]
+        return _kernel_tuple(names)(*(outs[n] for n in names))
+
+    def _inputs(self, x1, x2):
+        """x1, x2 checked and converted (x2 None for x1's own Gram)."""
         _arrays.require_numpy(x1, "x1")
         a1 = _arrays.as_input(x1, "x1")
         a2 = None
@@ -107,22 +128,63 @@ class Network:
                     f"x1 and x2 must have the same number of features: x1 has shape {a1.shape}, "
                     f"x2 has shape {a2.shape}"
                 )
+        return a1, a2
+
+    def _gram(self, a1, a2, names, capture_after=(), seeds=None, program=None):
+        """The native call on checked inputs: {name: array}. Plain (N1, N2) arrays for the
+        final kernels; (captures, 1 + directions, N1, N2) with capture_after (op indices)
+        or seeds (n_ops, directions, 3; see _core.ntk_gram)."""
         n1, d = a1.shape
         n2 = n1 if a2 is None else a2.shape[0]
-        program = self._program(d)
-        outs = _arrays.empty_outputs(len(names), n1, n2)
-        by_name = dict(zip(names, outs))
+        program = self._program(d) if program is None else program
+        plain = not capture_after and seeds is None
+        shape = (
+            (n1, n2)
+            if plain
+            else (max(len(capture_after), 1), 1 + (0 if seeds is None else seeds.shape[1]), n1, n2)
+        )
+        outs = _arrays.empty_kernels(names, shape)
         _core.ntk_gram(
             program,
             a1,
             a2,
-            by_name.get("nngp"),
-            by_name.get("ntk"),
+            outs.get("nngp"),
+            outs.get("ntk"),
             n_threads=_threads.get_num_threads(),
+            capture_after=list(capture_after),
+            seeds=seeds,
         )
-        if single:
-            return outs[0]
-        return _kernel_tuple(names)(*outs)
+        return outs
+
+    def _every_layer(self, a1, a2, names):
+        program = self._program(a1.shape[1])
+        last_op = {}  # layer index -> the last op it emitted
+        for k, layer in enumerate(program.op_layers):
+            last_op[layer] = k
+        captures = sorted(set(last_op.values()))
+        n_layers = len(self.layers)
+        if not captures:  # no ops at all: every entry is the input kernel
+            raw = {n: None for n in names}
+        else:
+            raw = self._gram(a1, a2, names, capture_after=captures)
+            if len(captures) == n_layers:  # one op group per layer: the captures are the answer
+                return {n: raw[n][:, 0] for n in names}
+        where = {k: c for c, k in enumerate(captures)}
+        n1 = a1.shape[0]
+        n2 = n1 if a2 is None else a2.shape[0]
+        outs = _arrays.empty_kernels(names, (n_layers, n1, n2))
+        current = None  # the capture holding the kernel so far; None: the input kernel
+        for layer in range(n_layers):
+            if layer in last_op:
+                current = where[last_op[layer]]
+            for n in names:
+                if current is not None:
+                    outs[n][layer] = raw[n][current, 0]
+                elif n == "ntk":
+                    outs[n][layer] = 0.0
+                else:
+                    outs[n][layer] = a1 @ (a1 if a2 is None else a2).T / a1.shape[1]
+        return outs
 
     # ---- Finite networks (every Dense layer needs its out_dim).
 

@@ -20,13 +20,16 @@
 #include <cmath>
 
 #include "fastntk/config.hpp"
+#include "fastntk/dual.hpp"
 #include "fastntk/program.hpp"
 
 namespace fastntk {
 
-struct Stats {
-  double q, a, b, c;
+template <class T>
+struct StatsT {
+  T q, a, b, c;
 };
+using Stats = StatsT<double>;
 
 namespace detail {
 
@@ -39,32 +42,42 @@ namespace detail {
 // error of 1e-8 in every derivative factor. Within 8 ulps a computed c cannot be
 // told apart from +-1, and the arc-cosine there is below the 4e-8 that its own
 // rounding already allows, so snapping loses nothing and makes parallel pairs exact.
-FASTNTK_HD FASTNTK_ALWAYS_INLINE double clamp_unit(double c) {
+// (A snapped correlation has no tangent: the pair stays parallel whatever the parameters.)
+template <class T>
+FASTNTK_HD FASTNTK_ALWAYS_INLINE T clamp_unit(T c) {
   constexpr double kSnap = 1.0 - 8.0 * 2.220446049250313e-16;
-  c = c > kSnap ? 1.0 : c;
-  return c < -kSnap ? -1.0 : c;
+  c = c > kSnap ? T(1.0) : c;
+  return c < -kSnap ? T(-1.0) : c;
 }
 
 // 1/sqrt(q), or 0 for a zero-variance point, whose correlation with anything is then
 // 0: the angle is pi/2, as Neural Tangents fills atan2(0, 0).
-FASTNTK_HD FASTNTK_ALWAYS_INLINE double inv_sqrt_or_zero(double q) { return q > 0.0 ? 1.0 / std::sqrt(q) : 0.0; }
+template <class T>
+FASTNTK_HD FASTNTK_ALWAYS_INLINE T inv_sqrt_or_zero(const T& q) {
+  return q > 0.0 ? 1.0 / sqrt(q) : T(0.0);
+}
 
 // sqrt(1 - c^2) as sqrt((1 - c)(1 + c)): 1 - c is exact for c in [1/2, 1], so the
 // sine keeps its relative accuracy for nearly parallel pairs.
-FASTNTK_HD FASTNTK_ALWAYS_INLINE double sine_of(double c) { return std::sqrt((1.0 - c) * (1.0 + c)); }
+template <class T>
+FASTNTK_HD FASTNTK_ALWAYS_INLINE T sine_of(const T& c) {
+  return sqrt((1.0 - c) * (1.0 + c));
+}
 
 // Horner evaluation of sum_k p[k] c^k, k = 0..n.
-FASTNTK_HD FASTNTK_ALWAYS_INLINE double poly(const double* p, int n, double c) {
-  double acc = p[n];
+template <class T>
+FASTNTK_HD FASTNTK_ALWAYS_INLINE T poly(const double* p, int n, const T& c) {
+  T acc = p[n];
   for (int k = n - 1; k >= 0; --k) acc = acc * c + p[k];
   return acc;
 }
 
 // sum_j coef[j] s^(n-2j) v^j, j = 0..n/2 (see detail::monomial_coefficients).
-FASTNTK_HD FASTNTK_ALWAYS_INLINE double wick(const double* coef, int n, double s, double v) {
-  const double u = s * s;
-  double acc = coef[0];
-  double vp = 1.0;
+template <class T>
+FASTNTK_HD FASTNTK_ALWAYS_INLINE T wick(const double* coef, int n, const T& s, const T& v) {
+  const T u = s * s;
+  T acc = coef[0];
+  T vp = 1.0;
   for (int j = 1; 2 * j <= n; ++j) {
     vp *= v;
     acc = acc * u + coef[j] * vp;
@@ -73,8 +86,9 @@ FASTNTK_HD FASTNTK_ALWAYS_INLINE double wick(const double* coef, int n, double s
 }
 
 // q^k for a small non-negative integer k, with 0^0 = 1.
-FASTNTK_HD FASTNTK_ALWAYS_INLINE double ipow(double q, int k) {
-  double r = 1.0;
+template <class T>
+FASTNTK_HD FASTNTK_ALWAYS_INLINE T ipow(const T& q, int k) {
+  T r = 1.0;
   for (int i = 0; i < k; ++i) r *= q;
   return r;
 }
@@ -84,20 +98,22 @@ FASTNTK_HD FASTNTK_ALWAYS_INLINE double ipow(double q, int k) {
 // a min(x, 0) + b max(x, 0). p = [(a^2 + b^2)/2, (a - b)^2/(2 pi)].
 // Stats: a = sqrt(q), b = 1/sqrt(q) (0 at q = 0).
 struct ABReluMap {
-  FASTNTK_HD static Stats stats(const Op&, const double*, double q) {
-    return Stats{q, std::sqrt(q), detail::inv_sqrt_or_zero(q), 0.0};
+  template <class T>
+  FASTNTK_HD static StatsT<T> stats(const Op&, const double*, const T& q) {
+    return StatsT<T>{q, sqrt(q), detail::inv_sqrt_or_zero(q), T(0.0)};
   }
-  template <bool Ntk>
-  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const Stats& x, const Stats& y,
-                                                    double& s, double& t) {
-    const double c = detail::clamp_unit(s * x.b * y.b);
-    const double theta = std::acos(c);
-    const double dot = op.p[0] - op.p[1] * theta;
-    const double r = x.a * y.a * detail::sine_of(c);
+  template <bool Ntk, class T>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const StatsT<T>& x, const StatsT<T>& y,
+                                                    T& s, T& t) {
+    const T c = detail::clamp_unit(s * x.b * y.b);
+    const T theta = acos(c);
+    const T dot = op.p[0] - op.p[1] * theta;
+    const T r = x.a * y.a * detail::sine_of(c);
     if (Ntk) t *= dot;
     s = op.p[1] * r + dot * s;
   }
-  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
+  template <class T>
+  FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
     f = op.p[0] * q;
     // At q = 0 the kink makes S a convention; take the pair map's (angle pi/2).
     dot = q > 0.0 ? op.p[0] : op.p[0] - op.p[1] * (0.5 * kPi);
@@ -108,21 +124,23 @@ struct ABReluMap {
 // F = (2/pi) asin(rho), S = (4/pi) / sqrt((1 + 2 qx)(1 + 2 qy) (1 - rho^2)).
 // Stats: a = 1/sqrt(1 + 2 b^2 q).
 struct ErfMap {
-  FASTNTK_HD static Stats stats(const Op& op, const double*, double q) {
-    return Stats{q, 1.0 / std::sqrt(1.0 + 2.0 * op.p[1] * q), 0.0, 0.0};
+  template <class T>
+  FASTNTK_HD static StatsT<T> stats(const Op& op, const double*, const T& q) {
+    return StatsT<T>{q, 1.0 / sqrt(1.0 + 2.0 * op.p[1] * q), T(0.0), T(0.0)};
   }
-  template <bool Ntk>
-  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const Stats& x, const Stats& y,
-                                                    double& s, double& t) {
-    const double e = x.a * y.a;
-    const double rho = 2.0 * op.p[1] * s * e;
+  template <bool Ntk, class T>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const StatsT<T>& x, const StatsT<T>& y,
+                                                    T& s, T& t) {
+    const T e = x.a * y.a;
+    const T rho = 2.0 * op.p[1] * s * e;
     if (Ntk) t *= op.p[0] * op.p[1] * (4.0 * kInvPi) * e / detail::sine_of(rho);
-    s = op.p[0] * (2.0 * kInvPi) * std::asin(rho) + op.p[2];
+    s = op.p[0] * (2.0 * kInvPi) * asin(rho) + op.p[2];
   }
-  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
-    const double qb = op.p[1] * q;
-    f = op.p[0] * (2.0 * kInvPi) * std::atan2(qb, std::sqrt(qb + 0.25)) + op.p[2];
-    dot = op.p[0] * op.p[1] * (4.0 * kInvPi) / std::sqrt(1.0 + 4.0 * qb);
+  template <class T>
+  FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
+    const T qb = op.p[1] * q;
+    f = op.p[0] * (2.0 * kInvPi) * atan2(qb, sqrt(qb + 0.25)) + op.p[2];
+    dot = op.p[0] * op.p[1] * (4.0 * kInvPi) / sqrt(1.0 + 4.0 * qb);
   }
 };
 
@@ -130,18 +148,20 @@ struct ErfMap {
 // derivative vanishes almost everywhere, so the NTK entry becomes 0 (as in Neural
 // Tangents). Stats: b = 1/sqrt(q) (0 at q = 0).
 struct SignMap {
-  FASTNTK_HD static Stats stats(const Op&, const double*, double q) {
-    return Stats{q, 0.0, detail::inv_sqrt_or_zero(q), 0.0};
+  template <class T>
+  FASTNTK_HD static StatsT<T> stats(const Op&, const double*, const T& q) {
+    return StatsT<T>{q, T(0.0), detail::inv_sqrt_or_zero(q), T(0.0)};
   }
-  template <bool Ntk>
-  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op&, const double*, const Stats& x, const Stats& y, double& s,
-                                                    double& t) {
-    const double c = detail::clamp_unit(s * x.b * y.b);
+  template <bool Ntk, class T>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op&, const double*, const StatsT<T>& x, const StatsT<T>& y,
+                                                    T& s, T& t) {
+    const T c = detail::clamp_unit(s * x.b * y.b);
     if (Ntk) t = 0.0;
-    s = 2.0 * kInvPi * std::asin(c);
+    s = 2.0 * kInvPi * asin(c);
   }
-  FASTNTK_HD static void diag(const Op&, const double*, double q, double& f, double& dot) {
-    f = q == 0.0 ? 0.0 : 1.0;
+  template <class T>
+  FASTNTK_HD static void diag(const Op&, const double*, const T& q, T& f, T& dot) {
+    f = T(q == 0.0 ? 0.0 : 1.0);
     dot = 0.0;
   }
 };
@@ -151,23 +171,27 @@ struct SignMap {
 // S = 1/4 + atan2(s, d) / (2 pi) + s / (2 pi d) (1/d^2 + (1 - P)/P1 + 1).
 // Stats: a = q + 1.
 struct GeluMap {
-  FASTNTK_HD static Stats stats(const Op&, const double*, double q) { return Stats{q, q + 1.0, 0.0, 0.0}; }
-  template <bool Ntk>
-  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op&, const double*, const Stats& x, const Stats& y, double& s,
-                                                    double& t) {
-    const double prod = x.q * y.q;
-    const double prod1 = x.a * y.a;
-    const double d2 = prod1 - s * s;
-    const double d = std::sqrt(d2);
-    const double angle = std::atan2(s, d);
+  template <class T>
+  FASTNTK_HD static StatsT<T> stats(const Op&, const double*, const T& q) {
+    return StatsT<T>{q, q + 1.0, T(0.0), T(0.0)};
+  }
+  template <bool Ntk, class T>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op&, const double*, const StatsT<T>& x, const StatsT<T>& y,
+                                                    T& s, T& t) {
+    const T prod = x.q * y.q;
+    const T prod1 = x.a * y.a;
+    const T d2 = prod1 - s * s;
+    const T d = sqrt(d2);
+    const T angle = atan2(s, d);
     if (Ntk) t *= 0.25 + kInvTwoPi * (angle + s / d * (1.0 / d2 + (1.0 - prod) / prod1 + 1.0));
     s = 0.25 * s + kInvTwoPi * ((s * s + prod * d2) / (prod1 * d) + s * angle);
   }
-  FASTNTK_HD static void diag(const Op&, const double*, double q, double& f, double& dot) {
-    const double d2 = 1.0 + 2.0 * q;
-    const double d = std::sqrt(d2);
-    const double angle = std::atan2(q, d);
-    const double q1 = q + 1.0;
+  template <class T>
+  FASTNTK_HD static void diag(const Op&, const double*, const T& q, T& f, T& dot) {
+    const T d2 = 1.0 + 2.0 * q;
+    const T d = sqrt(d2);
+    const T angle = atan2(q, d);
+    const T q1 = q + 1.0;
     f = q * (0.25 + kInvPi * (q / (q1 * d) + 0.5 * angle));
     dot = 0.25 + kInvTwoPi * (angle + q / d * (1.0 / d2 + (1.0 - q * q) / (q1 * q1) + 1.0));
   }
@@ -177,18 +201,22 @@ struct GeluMap {
 // F = a^2/2 (e^{b^2 (s - h)} - e^{-b^2 (s + h)} cos 2c), S = a^2 b^2/2 (e^{b^2 (s - h)} + e^{-b^2 (s + h)} cos 2c).
 // Both exponents are <= 0 since |s| <= h. Stats: none beyond q.
 struct SinMap {
-  FASTNTK_HD static Stats stats(const Op&, const double*, double q) { return Stats{q, 0.0, 0.0, 0.0}; }
-  template <bool Ntk>
-  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const Stats& x, const Stats& y,
-                                                    double& s, double& t) {
-    const double h = 0.5 * (x.q + y.q);
-    const double e1 = std::exp(op.p[1] * (s - h));
-    const double e2 = std::exp(-op.p[1] * (s + h)) * op.p[2];
+  template <class T>
+  FASTNTK_HD static StatsT<T> stats(const Op&, const double*, const T& q) {
+    return StatsT<T>{q, T(0.0), T(0.0), T(0.0)};
+  }
+  template <bool Ntk, class T>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const StatsT<T>& x, const StatsT<T>& y,
+                                                    T& s, T& t) {
+    const T h = 0.5 * (x.q + y.q);
+    const T e1 = exp(op.p[1] * (s - h));
+    const T e2 = exp(-op.p[1] * (s + h)) * op.p[2];
     if (Ntk) t *= op.p[0] * op.p[1] * (e1 + e2);
     s = op.p[0] * (e1 - e2);
   }
-  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
-    const double e2 = std::exp(-2.0 * op.p[1] * q) * op.p[2];
+  template <class T>
+  FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
+    const T e2 = exp(-2.0 * op.p[1] * q) * op.p[2];
     f = op.p[0] * (1.0 - e2);
     dot = op.p[0] * op.p[1] * (1.0 + e2);
   }
@@ -196,15 +224,19 @@ struct SinMap {
 
 // sqrt(2) sin(sqrt(2 gamma) x + pi/4): F = exp(-gamma (qx + qy - 2 s)), S = 2 gamma F. p = [gamma].
 struct RbfMap {
-  FASTNTK_HD static Stats stats(const Op&, const double*, double q) { return Stats{q, 0.0, 0.0, 0.0}; }
-  template <bool Ntk>
-  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const Stats& x, const Stats& y,
-                                                    double& s, double& t) {
-    const double f = std::exp(op.p[0] * (2.0 * s - x.q - y.q));
+  template <class T>
+  FASTNTK_HD static StatsT<T> stats(const Op&, const double*, const T& q) {
+    return StatsT<T>{q, T(0.0), T(0.0), T(0.0)};
+  }
+  template <bool Ntk, class T>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const StatsT<T>& x, const StatsT<T>& y,
+                                                    T& s, T& t) {
+    const T f = exp(op.p[0] * (2.0 * s - x.q - y.q));
     if (Ntk) t *= 2.0 * op.p[0] * f;
     s = f;
   }
-  FASTNTK_HD static void diag(const Op& op, const double*, double, double& f, double& dot) {
+  template <class T>
+  FASTNTK_HD static void diag(const Op& op, const double*, const T&, T& f, T& dot) {
     f = 1.0;
     dot = 2.0 * op.p[0];
   }
@@ -212,16 +244,20 @@ struct RbfMap {
 
 // a exp(b x): F = a^2 e^{b^2 ((qx + qy)/2 + s)}, S = b^2 F. p = [a^2, b^2].
 struct ExpMap {
-  FASTNTK_HD static Stats stats(const Op&, const double*, double q) { return Stats{q, 0.0, 0.0, 0.0}; }
-  template <bool Ntk>
-  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const Stats& x, const Stats& y,
-                                                    double& s, double& t) {
-    const double f = op.p[0] * std::exp(op.p[1] * (0.5 * (x.q + y.q) + s));
+  template <class T>
+  FASTNTK_HD static StatsT<T> stats(const Op&, const double*, const T& q) {
+    return StatsT<T>{q, T(0.0), T(0.0), T(0.0)};
+  }
+  template <bool Ntk, class T>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const StatsT<T>& x, const StatsT<T>& y,
+                                                    T& s, T& t) {
+    const T f = op.p[0] * exp(op.p[1] * (0.5 * (x.q + y.q) + s));
     if (Ntk) t *= op.p[1] * f;
     s = f;
   }
-  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
-    f = op.p[0] * std::exp(2.0 * op.p[1] * q);
+  template <class T>
+  FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
+    f = op.p[0] * exp(2.0 * op.p[1] * q);
     dot = op.p[1] * f;
   }
 };
@@ -229,18 +265,20 @@ struct ExpMap {
 // a exp(b x^2): with D = sqrt((1 - 2 b qx)(1 - 2 b qy) - 4 b^2 s^2),
 // F = a^2 / D, S = 4 a^2 b^2 s / D^3. p = [a^2, b, 4 b^2]. Stats: a = 1 - 2 b q.
 struct GaussianMap {
-  FASTNTK_HD static Stats stats(const Op& op, const double*, double q) {
-    return Stats{q, 1.0 - 2.0 * op.p[1] * q, 0.0, 0.0};
+  template <class T>
+  FASTNTK_HD static StatsT<T> stats(const Op& op, const double*, const T& q) {
+    return StatsT<T>{q, 1.0 - 2.0 * op.p[1] * q, T(0.0), T(0.0)};
   }
-  template <bool Ntk>
-  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const Stats& x, const Stats& y,
-                                                    double& s, double& t) {
-    const double inv = 1.0 / std::sqrt(x.a * y.a - op.p[2] * s * s);
+  template <bool Ntk, class T>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const StatsT<T>& x, const StatsT<T>& y,
+                                                    T& s, T& t) {
+    const T inv = 1.0 / sqrt(x.a * y.a - op.p[2] * s * s);
     if (Ntk) t *= op.p[0] * op.p[2] * s * inv * inv * inv;
     s = op.p[0] * inv;
   }
-  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
-    const double inv = 1.0 / std::sqrt(1.0 - 4.0 * op.p[1] * q);
+  template <class T>
+  FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
+    const T inv = 1.0 / sqrt(1.0 - 4.0 * op.p[1] * q);
     f = op.p[0] * inv;
     dot = op.p[0] * op.p[2] * q * inv * inv * inv;
   }
@@ -249,17 +287,21 @@ struct GaussianMap {
 // x^n: F = E[u^n v^n], S = n^2 E[u^(n-1) v^(n-1)], both by Wick's theorem.
 // p = [n^2, (2n-1)!!, (2n-3)!!]; coef = the two Wick tables.
 struct MonomialMap {
-  FASTNTK_HD static Stats stats(const Op&, const double*, double q) { return Stats{q, 0.0, 0.0, 0.0}; }
-  template <bool Ntk>
-  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double* coef, const Stats& x, const Stats& y,
-                                                    double& s, double& t) {
-    const int n = op.degree;
-    const double* c = coef + op.coef;
-    const double v = x.q * y.q;
-    if (Ntk) t *= op.p[0] * detail::wick(c + n / 2 + 1, n - 1, s, v);
-    s = detail::wick(c, n, s, v);
+  template <class T>
+  FASTNTK_HD static StatsT<T> stats(const Op&, const double*, const T& q) {
+    return StatsT<T>{q, T(0.0), T(0.0), T(0.0)};
   }
-  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
+  template <bool Ntk, class T>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double* coef, const StatsT<T>& x,
+                                                    const StatsT<T>& y, T& s, T& t) {
+    const int n = op.degree;
+    const double* cf = coef + op.coef;
+    const T v = x.q * y.q;
+    if (Ntk) t *= op.p[0] * detail::wick(cf + n / 2 + 1, n - 1, s, v);
+    s = detail::wick(cf, n, s, v);
+  }
+  template <class T>
+  FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
     f = op.p[1] * detail::ipow(q, op.degree);
     dot = op.p[0] * op.p[2] * detail::ipow(q, op.degree - 1);
   }
@@ -271,30 +313,32 @@ struct MonomialMap {
 // (2n-1)!! q^n / 2, where Neural Tangents' formula divides 0 by 0.
 // p = [n^2, (2n-1)!!/2, (2n-3)!!/2]. Stats: a = q^(n/2), b = 1/sqrt(q) (0 at q = 0), c = q^((n-1)/2).
 struct RectifiedMonomialMap {
-  FASTNTK_HD static Stats stats(const Op& op, const double*, double q) {
-    const double r = std::sqrt(q);
+  template <class T>
+  FASTNTK_HD static StatsT<T> stats(const Op& op, const double*, const T& q) {
+    const T r = sqrt(q);
     const int n = op.degree;
     // q^(n/2) = q^floor(n/2) * sqrt(q)^(n mod 2), exact powers where possible.
-    const double an = detail::ipow(q, n / 2) * ((n & 1) ? r : 1.0);
-    const double an1 = detail::ipow(q, (n - 1) / 2) * (((n - 1) & 1) ? r : 1.0);
-    return Stats{q, an, detail::inv_sqrt_or_zero(q), an1};
+    const T an = detail::ipow(q, n / 2) * ((n & 1) ? r : T(1.0));
+    const T an1 = detail::ipow(q, (n - 1) / 2) * (((n - 1) & 1) ? r : T(1.0));
+    return StatsT<T>{q, an, detail::inv_sqrt_or_zero(q), an1};
   }
-  template <bool Ntk>
-  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double* coef, const Stats& x, const Stats& y,
-                                                    double& s, double& t) {
+  template <bool Ntk, class T>
+  FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double* coef, const StatsT<T>& x,
+                                                    const StatsT<T>& y, T& s, T& t) {
     const int n = op.degree;
     const double* table = coef + op.coef;  // A_n, B_n, A_{n-1}, B_{n-1}, n + 1 each
-    const double c = detail::clamp_unit(s * x.b * y.b);
-    const double rest = kPi - std::acos(c);
-    const double sine = detail::sine_of(c);
+    const T c = detail::clamp_unit(s * x.b * y.b);
+    const T rest = kPi - acos(c);
+    const T sine = detail::sine_of(c);
     if (Ntk) {
-      const double j1 = detail::poly(table + 2 * (n + 1), n, c) * rest + sine * detail::poly(table + 3 * (n + 1), n, c);
+      const T j1 = detail::poly(table + 2 * (n + 1), n, c) * rest + sine * detail::poly(table + 3 * (n + 1), n, c);
       t *= op.p[0] * x.c * y.c * kInvTwoPi * j1;
     }
-    const double j = detail::poly(table, n, c) * rest + sine * detail::poly(table + (n + 1), n, c);
+    const T j = detail::poly(table, n, c) * rest + sine * detail::poly(table + (n + 1), n, c);
     s = x.a * y.a * kInvTwoPi * j;
   }
-  FASTNTK_HD static void diag(const Op& op, const double*, double q, double& f, double& dot) {
+  template <class T>
+  FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
     f = op.p[1] * detail::ipow(q, op.degree);
     dot = op.p[0] * op.p[2] * detail::ipow(q, op.degree - 1);
     // Degree 1 at q = 0: S = (pi - theta) / (2 pi) at the conventional angle pi/2, as the pair map.

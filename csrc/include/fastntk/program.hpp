@@ -51,6 +51,7 @@ struct Op {
   std::int32_t coef;    // offset of this op's coefficient tables in ProgramView::coef
   std::int32_t layer;   // the index of the layer this op came from, for messages
   double p[kOpParams];  // kind-specific parameters, see the Program::add_* methods
+                        // (Dense: [W^2, b^2, standard?, n_in, t0])
 };
 
 struct ProgramView {
@@ -133,11 +134,15 @@ inline void arccos_coefficients(int n, std::vector<double>& a, std::vector<doubl
 // so it must follow a Dense layer.
 class Program {
  public:
-  // Dense layer. b_std < 0 (or NaN) means no bias. n_in is the finite width
-  // feeding the layer; it only enters the standard parameterization's NTK.
-  Program& add_dense(double W_std, double b_std, bool has_bias, Parameterization param, double n_in) {
+  // Dense layer; has_bias = false means no bias (b_std is then ignored). n_in is the
+  // finite width feeding the layer; it only enters the standard parameterization's NTK.
+  // ntk_bias (>= 0) is the variance multiplier of extra zero-initialized trainable biases:
+  // it adds ntk_bias^2 to the NTK only (scikit-ntk's convention for its bias).
+  Program& add_dense(double W_std, double b_std, bool has_bias, Parameterization param, double n_in,
+                     double ntk_bias = 0.0) {
     check_finite_nonneg("W_std", W_std);
     if (has_bias) check_finite_nonneg("b_std", b_std);
+    check_finite_nonneg("ntk_bias", ntk_bias);
     if (param == Parameterization::Standard && !(n_in >= 1.0 && std::isfinite(n_in)))
       throw std::invalid_argument("Dense: the standard parameterization needs the input width n_in >= 1, got " +
                                   std::to_string(n_in));
@@ -146,7 +151,9 @@ class Program {
     op.p[1] = has_bias ? b_std * b_std : 0.0;
     op.p[2] = param == Parameterization::Standard ? 1.0 : 0.0;
     op.p[3] = n_in;
-    op.p[4] = (param == Parameterization::Standard && has_bias) ? 1.0 : 0.0;
+    // t0: the NTK of biases that start at zero (a standard-parameterization bias has
+    // gradient 1 whatever its b_std; ntk_bias as above).
+    op.p[4] = ((param == Parameterization::Standard && has_bias) ? 1.0 : 0.0) + ntk_bias * ntk_bias;
     gaussian_ = true;
     return push(op);
   }

@@ -3,34 +3,71 @@
 // State of a pair (x, y): s = Sigma(x, y) (NNGP) and t = Theta(x, y) (NTK), starting from
 // s = x.y / d, t = 0. State of a point: its variance q = Sigma(x, x) and the diagonal
 // NTK entry. A Dense op maps
-//   ntk parameterization:      s <- W^2 s + b^2,  t <- s_new + W^2 t
-//   standard parameterization: t <- n_in s + W^2 t + [bias],  s <- W^2 s + b^2
-// and an activation maps s <- F(qx, qy, s), t <- S(qx, qy, s) t with qx, qy the
-// variances before it (activations.hpp).
+//   ntk parameterization:      s <- W^2 s + b^2,  t <- s_new + W^2 t + t0
+//   standard parameterization: t <- n_in s + W^2 t + t0,  s <- W^2 s + b^2
+// (t0: the NTK of zero-initialized trainable biases; 1 for a standard-parameterization
+// bias, beta^2 for scikit-ntk's convention, else 0), and an activation maps
+// s <- F(qx, qy, s), t <- S(qx, qy, s) t with qx, qy the variances before it
+// (activations.hpp).
+//
+// Everything is a template on the scalar type T: double for the kernels, Dual<P> for the
+// kernels and their derivatives along P directions in the Dense parameters (W^2, b^2,
+// t0), seeded per op by DenseSeeds.
 #pragma once
+
+#include <type_traits>
 
 #include "fastntk/activations.hpp"
 #include "fastntk/config.hpp"
+#include "fastntk/dual.hpp"
 #include "fastntk/program.hpp"
 
 namespace fastntk {
 
-template <bool Ntk>
-FASTNTK_HD FASTNTK_ALWAYS_INLINE void dense_pair(const Op& op, double& s, double& t) {
-  // p = [W^2, b^2, standard?, n_in, standard with bias?]
+// The Dense parameters (W^2, b^2, t0) as scalars of type W: constants for double, and
+// for Dual<P> seeded with their derivatives along each direction.
+template <class W>
+struct DenseParams {
+  W w2, b2, t0;
+};
+
+FASTNTK_HD FASTNTK_ALWAYS_INLINE DenseParams<double> dense_params(const Op& op) {
+  return DenseParams<double>{op.p[0], op.p[1], op.p[4]};
+}
+
+// seeds: [P][3], the derivatives of (W^2, b^2, t0) of this op along each direction.
+template <int P>
+FASTNTK_HD FASTNTK_ALWAYS_INLINE DenseParams<Dual<P>> dense_params(const Op& op, const double* seeds) {
+  DenseParams<Dual<P>> r{Dual<P>(op.p[0]), Dual<P>(op.p[1]), Dual<P>(op.p[4])};
+  for (int k = 0; k < P; ++k) {
+    r.w2.d[k] = seeds[3 * k];
+    r.b2.d[k] = seeds[3 * k + 1];
+    r.t0.d[k] = seeds[3 * k + 2];
+  }
+  return r;
+}
+
+// p = [W^2, b^2, standard?, n_in, t0]
+template <bool Ntk, class T, class W>
+FASTNTK_HD FASTNTK_ALWAYS_INLINE void dense_apply(const Op& op, const DenseParams<W>& w, T& s, T& t) {
   if (op.p[2] != 0.0) {
-    if (Ntk) t = op.p[3] * s + op.p[0] * t + op.p[4];
-    s = op.p[0] * s + op.p[1];
+    if (Ntk) t = op.p[3] * s + w.w2 * t + w.t0;
+    s = w.w2 * s + w.b2;
   } else {
-    s = op.p[0] * s + op.p[1];
-    if (Ntk) t = s + op.p[0] * t;
+    s = w.w2 * s + w.b2;
+    if (Ntk) t = s + w.w2 * t + w.t0;
   }
 }
 
+template <bool Ntk, class T>
+FASTNTK_HD FASTNTK_ALWAYS_INLINE void dense_pair(const Op& op, T& s, T& t) {
+  dense_apply<Ntk>(op, dense_params(op), s, t);
+}
+
 // One activation op on one pair, dispatched on the kind.
-template <bool Ntk>
-FASTNTK_HD inline void activation_pair(const Op& op, const double* coef, const Stats& x, const Stats& y, double& s,
-                                       double& t) {
+template <bool Ntk, class T>
+FASTNTK_HD inline void activation_pair(const Op& op, const double* coef, const StatsT<T>& x, const StatsT<T>& y, T& s,
+                                       T& t) {
   switch (op.kind) {
 #define FASTNTK_PAIR_CASE(kind, map)               \
   case OpKind::kind:                               \
@@ -43,7 +80,8 @@ FASTNTK_HD inline void activation_pair(const Op& op, const double* coef, const S
   }
 }
 
-FASTNTK_HD inline Stats activation_stats(const Op& op, const double* coef, double q) {
+template <class T>
+FASTNTK_HD inline StatsT<T> activation_stats(const Op& op, const double* coef, const T& q) {
   switch (op.kind) {
 #define FASTNTK_STATS_CASE(kind, map) \
   case OpKind::kind:                  \
@@ -51,11 +89,12 @@ FASTNTK_HD inline Stats activation_stats(const Op& op, const double* coef, doubl
     FASTNTK_FOR_EACH_ACTIVATION(FASTNTK_STATS_CASE)
 #undef FASTNTK_STATS_CASE
     default:
-      return Stats{q, 0.0, 0.0, 0.0};
+      return StatsT<T>{q, T(0.0), T(0.0), T(0.0)};
   }
 }
 
-FASTNTK_HD inline void activation_diag(const Op& op, const double* coef, double q, double& f, double& dot) {
+template <class T>
+FASTNTK_HD inline void activation_diag(const Op& op, const double* coef, const T& q, T& f, T& dot) {
   switch (op.kind) {
 #define FASTNTK_DIAG_CASE(kind, map) \
   case OpKind::kind:                 \
@@ -73,53 +112,65 @@ FASTNTK_HD inline void activation_diag(const Op& op, const double* coef, double 
 // Layout of the per-point tables: for activation number a (0-based, in program
 // order) and field k in {q, a, b, c}, the values of all n points are contiguous at
 // table + (4 * a + k) * n, so a tile reads its columns as unit-stride vectors.
-struct PointTables {
-  const double* table;  // [n_activations, 4, n]
+template <class T>
+struct PointTablesT {
+  const T* table;  // [n_activations, 4, n]
   long long n;
-  FASTNTK_HD const double* field(int activation, int k) const { return table + (4LL * activation + k) * n; }
-  FASTNTK_HD Stats at(int activation, long long i) const {
-    return Stats{field(activation, 0)[i], field(activation, 1)[i], field(activation, 2)[i], field(activation, 3)[i]};
+  FASTNTK_HD const T* field(int activation, int k) const { return table + (4LL * activation + k) * n; }
+  FASTNTK_HD StatsT<T> at(int activation, long long i) const {
+    return StatsT<T>{field(activation, 0)[i], field(activation, 1)[i], field(activation, 2)[i],
+                     field(activation, 3)[i]};
   }
 };
+using PointTables = PointTablesT<double>;
 
-// Runs the program over one point starting from q0 = x.x / d: writes the Stats of
-// each activation into the tables (column i) and the final diagonal Sigma(x, x) and
-// Theta(x, x) into q_out, t_out. Returns -1, or the index of the first op whose map
-// is undefined for this point (Gaussian with 4 b q >= 1), with q_out then the
-// variance that reached it.
-FASTNTK_HD inline int point_recursion(const ProgramView& prog, double q0, double* table, long long n, long long i,
-                                      double& q_out, double& t_out) {
-  double q = q0, t = 0.0;
+// Runs the program over one point starting from q0 = x.x / d: writes the Stats of each
+// activation into the tables (column i), and the diagonal Sigma(x, x), Theta(x, x) into
+// q_cap[c * n + i], t_cap[c * n + i] after every op k with capture[k] = c >= 0 (capture
+// may be null) and, if capture_end = c >= 0, at the end. seeds, n_seeds_per_op: as for
+// the pair recursion (unused for T = double). Returns -1, or the index of the first op
+// whose map is undefined for this point (Gaussian with 4 b q >= 1).
+template <class T>
+FASTNTK_HD inline int point_recursion(const ProgramView& prog, const double* seeds, int n_seeds_per_op, double q0,
+                                      T* table, long long n, long long i, const int* capture, int capture_end, T* q_cap,
+                                      T* t_cap) {
+  T q = q0, t = 0.0;
   int a = 0;
   for (int k = 0; k < prog.n_ops; ++k) {
     const Op& op = prog.ops[k];
     if (op.kind == OpKind::Dense) {
-      dense_pair<true>(op, q, t);
-      continue;
+      if constexpr (std::is_same_v<T, double>) {
+        dense_pair<true>(op, q, t);
+      } else {
+        dense_apply<true>(op, dense_params<DualSize<T>::value>(op, seeds + k * n_seeds_per_op), q, t);
+      }
+    } else {
+      if (op.kind == OpKind::Gaussian && !(1.0 - 4.0 * op.p[1] * value(q) > 0.0)) return k;
+      const StatsT<T> st = activation_stats(op, prog.coef, q);
+      T* col = table + 4LL * a * n + i;
+      col[0] = st.q;
+      col[n] = st.a;
+      col[2 * n] = st.b;
+      col[3 * n] = st.c;
+      T f, dot;
+      activation_diag(op, prog.coef, q, f, dot);
+      q = f;
+      t *= dot;
+      ++a;
     }
-    if (op.kind == OpKind::Gaussian && !(1.0 - 4.0 * op.p[1] * q > 0.0)) {
-      q_out = q;
-      t_out = t;
-      return k;
+    if (capture && capture[k] >= 0) {
+      q_cap[capture[k] * n + i] = q;
+      t_cap[capture[k] * n + i] = t;
     }
-    const Stats st = activation_stats(op, prog.coef, q);
-    double* col = table + 4LL * a * n + i;
-    col[0] = st.q;
-    col[n] = st.a;
-    col[2 * n] = st.b;
-    col[3 * n] = st.c;
-    double f, dot;
-    activation_diag(op, prog.coef, q, f, dot);
-    q = f;
-    t *= dot;
-    ++a;
   }
-  q_out = q;
-  t_out = t;
+  if (capture_end >= 0) {
+    q_cap[capture_end * n + i] = q;
+    t_cap[capture_end * n + i] = t;
+  }
   return -1;
 }
 
-// The whole recursion for one pair, given the point tables of both sides.
+// The whole recursion for one pair (double), given the point tables of both sides.
 // Used by device kernels and as the scalar path on the host.
 template <bool Ntk>
 FASTNTK_HD inline void pair_recursion(const ProgramView& prog, const PointTables& tx, long long i,
