@@ -173,3 +173,19 @@ def test_dense_after_dense_and_identity_match_reference(rng):
     ]
     x = rng.standard_normal((12, 4))
     _check_against_reference(spec, x)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_diagonal_alone_equals_the_gram_diagonal(seed):
+    """_core.ntk_diag (O(N d), for GP kernels' diag) gives the symmetric Gram's diagonal
+    exactly: both come from the same exact diagonal maps."""
+    rng = np.random.default_rng(seed)
+    spec = random_spec(rng)
+    net = to_fastntk(spec)
+    x = rng.standard_normal((int(rng.integers(1, 30)), 4))
+    q, t = nt._core.ntk_diag(net._program(4), x)
+    k = net.kernel(x)
+    np.testing.assert_array_equal(q, np.diag(k.nngp))
+    np.testing.assert_array_equal(t, np.diag(k.ntk))
+    ref = ntk_gram_ref(spec, x)
+    np.testing.assert_allclose(t, np.diag(ref[1]), rtol=TOL["reference"])

@@ -89,6 +89,25 @@ void bind_ntk_gram(py::module_& m) {
       "Ctrl-C stops it.");
 
   m.def(
+      "ntk_diag",
+      [](const fastntk::Program& prog, const Array& x, int n_threads) {
+        if (x.ndim() != 2) throw std::invalid_argument("x must be 2-D (N, d), got shape " + shape_of(x));
+        const py::ssize_t n = x.shape(0);
+        Array nngp(n), ntk(n);
+        fastntk::cpu::GramOptions opt;
+        opt.n_threads = n_threads;
+        const double* px = x.data();
+        double* pn = nngp.mutable_data();
+        double* pt = ntk.mutable_data();
+        fastntk::bindings::run_interruptible(
+            [&](const std::function<bool()>&) { fastntk::cpu::ntk_diag_cpu(prog, px, n, x.shape(1), pn, pt, opt); });
+        return py::make_tuple(nngp, ntk);
+      },
+      py::arg("program"), py::arg("x").noconvert(), py::arg("n_threads") = 0,
+      "(nngp, ntk): the diagonal kernels K(x_i, x_i) of the rows of x (float64 (N, d), C order), from the exact "
+      "diagonal maps, O(N (d + layers)).");
+
+  m.def(
       "default_tile",
       [](std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads) {
         return fastntk::cpu::default_tile(n1, n2, symmetric, n_threads);

@@ -363,6 +363,25 @@ void gram(const ProgramView& prog, const double* x1, Index n1, const double* x2,
 
 }  // namespace
 
+void ntk_diag_cpu(const Program& program, const double* x, std::int64_t n, std::int64_t d, double* nngp, double* ntk,
+                  const GramOptions& opt) {
+  if (n < 0) throw std::invalid_argument("ntk_diag_cpu: negative number of rows");
+  if (d < 1) throw std::invalid_argument("ntk_diag_cpu: the inputs need at least one feature (d >= 1)");
+  if (d > std::numeric_limits<int>::max()) throw std::invalid_argument("ntk_diag_cpu: d exceeds the 32-bit BLAS limit");
+  if (n == 0) return;
+  const std::vector<int> capture(std::max(program.n_ops(), 1), -1);
+  Job<double> job{};
+  job.prog = program.view();
+  job.capture = capture.data();
+  job.capture_end = 0;
+  job.n_captures = 1;
+  job.d = d;
+  blas::use_single_thread();
+  const Points<double> pts = point_pass(job, x, n, opt.n_threads > 0 ? opt.n_threads : omp_get_max_threads(), "x");
+  if (nngp) std::copy(pts.q.begin(), pts.q.end(), nngp);
+  if (ntk) std::copy(pts.t.begin(), pts.t.end(), ntk);
+}
+
 int default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads) {
   // 256 x 256 keeps a tile's GEMM near BLAS peak for d in the hundreds while its
   // output (512 KiB) stays in L2; smaller tiles only to give every thread work.

@@ -56,6 +56,11 @@ void ntk_gram_cpu(const Program& prog, const double* x1, std::int64_t n1, const 
 void ntk_gram_cpu(const Program& prog, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
                   std::int64_t d, double* nngp, double* ntk, const GramOptions& opt, const GramRequest& req);
 
+// The diagonal Sigma(x, x) and Theta(x, x) of each row of x ([n, d]) alone, from the exact
+// diagonal maps: O(n (d + layers)). nngp, ntk: [n] outputs, each optional.
+void ntk_diag_cpu(const Program& prog, const double* x, std::int64_t n, std::int64_t d, double* nngp, double* ntk,
+                  const GramOptions& opt = {});
+
 // The tile size the driver would choose.
 int default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads);
 
