@@ -49,6 +49,7 @@ _load_blas()
 from . import _core  # noqa: E402  (isort: skip)
 from ._threads import get_num_threads, set_num_threads  # noqa: E402
 from .empirical import monte_carlo_kernel  # noqa: E402
+from .interop import from_torch  # noqa: E402
 from .layers import (  # noqa: E402
     ABRelu,
     Abs,
@@ -70,8 +71,9 @@ from .layers import (  # noqa: E402
     Sin,
 )
 from .network import Network, serial  # noqa: E402
+from .training import Linearized, TrainResult, linearize, train_mse  # noqa: E402
 
-from . import predict  # noqa: E402  (isort: skip)
+from . import predict, training  # noqa: E402  (isort: skip)
 
 
 def build_info() -> dict:
@@ -97,6 +99,7 @@ __all__ = [
     "Identity",
     "Layer",
     "LeakyRelu",
+    "Linearized",
     "Monomial",
     "Network",
     "Rbf",
@@ -104,12 +107,17 @@ __all__ = [
     "Relu",
     "Sign",
     "Sin",
+    "TrainResult",
     "build_info",
+    "from_torch",
     "get_num_threads",
     "has_cuda",
+    "linearize",
     "monte_carlo_kernel",
     "predict",
     "serial",
     "set_num_threads",
+    "train_mse",
+    "training",
     "__version__",
 ]
