@@ -72,6 +72,13 @@ __all__ = ["Linearized", "TrainResult", "jvp", "linearize", "train_mse", "vjp"]
 _FLOW_METHODS = ("RK45", "DOP853", "RK23")
 
 
+def _sum_sq(r) -> float:
+    """sum(r**2) without NumPy's BLAS: a BLAS call for a small vector wakes NumPy's own
+    thread pool, whose threads then spin-wait and take the cores from fastntk's OpenMP
+    threads for milliseconds (on 2 cores it made whole training runs 2-3x slower)."""
+    return float(np.einsum("ij,ij->", r, r))
+
+
 # ---------------------------------------------------------------------------------------
 # Parameter trees (fastntk's layout: (W, b) per Dense layer, () otherwise).
 
@@ -589,7 +596,7 @@ def train_mse(
     def record(i, state, f_train):
         r = f_train - y
         rec_train[i] = f_train
-        rec_loss[i] = 0.5 * float(np.vdot(r, r)) / n
+        rec_loss[i] = 0.5 * _sum_sq(r) / n
         if rec_test is not None:
             rec_test[i] = model.test_outputs(state)
         if get_ntk:
@@ -630,7 +637,7 @@ def _steps(model, state, y, n, lr, steps, record):
     while True:
         f, grad_of = model.outputs_and_grad(state)
         r = f - y
-        loss = 0.5 * float(np.vdot(r, r)) / n
+        loss = 0.5 * _sum_sq(r) / n
         if not math.isfinite(loss):
             raise _diverged(f"after {k} steps", loss, lr, n, True)
         while i < steps.size and steps[i] == k:

@@ -1,0 +1,8 @@
+"""``python -m fastntk``: the ``fastntk`` command (see :mod:`fastntk.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

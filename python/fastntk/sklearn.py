@@ -1,0 +1,670 @@
+"""scikit-learn front end: estimators that predict like infinitely wide networks, and GP kernels.
+
+Estimators (``fit`` / ``predict`` / ``score``, usable in pipelines and grid searches):
+
+- :class:`NTKRegressor`, :class:`NTKClassifier`: the mean prediction of an infinite ensemble of
+  infinitely wide MLPs trained by gradient flow on MSE from zero outputs (the NTK dynamics);
+  the classifier trains on one-hot targets, as in the NTK literature;
+- :class:`NNGPRegressor`: the same with the NNGP as the kernel of the flow (Neural Tangents'
+  ``get='nngp'``: only the last layer is trained).
+
+Kernels for :mod:`sklearn.gaussian_process`, with analytic gradients in their hyperparameters:
+
+- :class:`NTK`, :class:`NNGP`: the kernels of an MLP, hyperparameters ``W_std`` and ``b_std``;
+- :class:`NeuralTangentKernel`: a drop-in replacement for scikit-ntk's kernel of the same name
+  (same parameters, same numbers; see its docstring for where it deliberately differs).
+
+The MLP behind all of them is ``Dense, act, Dense, act, ..., Dense`` with ``depth`` activations
+(hidden layers), every Dense layer with the same ``W_std`` and ``b_std``, in Neural Tangents'
+conventions (DESIGN.md section 2.1): the input kernel is ``x . y / d``. The kernels do not
+standardize the inputs; put a :class:`~sklearn.preprocessing.StandardScaler` in front when the
+features have different scales.
+
+Requires scikit-learn >= 1.6. Import it as ``import fastntk.sklearn``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import scipy.linalg.blas
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import _core
+from . import predict as _predict
+from ._sklearn_arch import (
+    LeaveOneOutWarning,
+    check_architecture,
+    check_int,
+    check_real,
+    dense_seeds,
+    diagonals,
+    kernels_by_depth,
+    mlp,
+    predict_kernel,
+    select_depth,
+)
+from .network import serial
+
+__all__ = [
+    "NNGP",
+    "NNGPRegressor",
+    "NTK",
+    "NTKClassifier",
+    "NTKRegressor",
+    "LeaveOneOutWarning",
+    "NeuralTangentKernel",
+]
+
+# He initialization: with W_std^2 = 2 a ReLU layer keeps each point's variance q, so the
+# kernels neither vanish nor explode with depth and changing depth does not rescale them.
+_W_STD = 2.0**0.5
+# A small bias: without one, ReLU kernels are positively homogeneous (k(cx, y) = c k(x, y)),
+# so points on a ray through the origin could not be told apart.
+_B_STD = 0.1
+_DEPTH = 2
+_WIDTH = 512  # Neural Tangents' customary hidden width; used by the standard parameterization only
+
+
+# ---------------------------------------------------------------------------------------
+# Estimators
+
+
+class _NetworkEstimator(BaseEstimator):
+    """Shared fit/predict of the three estimators: kernel regression by gradient flow."""
+
+    _kernel_name = "ntk"
+
+    def _checked(self):
+        owner = type(self).__name__
+        arch = check_architecture(
+            owner,
+            depth=self.depth,
+            activation=self.activation,
+            W_std=self.W_std,
+            b_std=self.b_std,
+            parameterization=getattr(self, "parameterization", "ntk"),
+            width=getattr(self, "width", None),
+        )
+        t = None if self.t is None else check_real(owner, "t", self.t, low=0.0, allow_inf=True)
+        if t is not None and np.isinf(t):
+            t = None  # converged: the same closed form, solved directly
+        ridge = check_real(owner, "ridge", self.ridge, low=0.0)
+        return arch, t, ridge
+
+    def _fit_targets(self, X, y2, onehot: bool):
+        """Check the parameters, pick the depth, and store the dual coefficients
+        ``dual_coef_`` (N, n_out) of the prediction ``K(x, X_fit_) @ dual_coef_``."""
+        owner = type(self).__name__
+        arch, t, ridge = self._checked()
+        for stale in ("depths_", "loo_mse_", "loo_accuracy_"):  # from an earlier fit with a sweep
+            self.__dict__.pop(stale, None)
+        kernels = kernels_by_depth(arch, X, self._kernel_name)
+        if len(arch["depths"]) > 1:
+            chosen = select_depth(owner, kernels, y2, ridge, onehot=onehot)
+            self.depths_ = chosen["depths"]
+            self.loo_mse_ = chosen["loo_mse"]
+            if onehot:
+                self.loo_accuracy_ = chosen["loo_accuracy"]
+            self.depth_ = int(chosen["depth"])
+        else:
+            self.depth_ = arch["depths"][0]
+        k = kernels[self.depth_]
+        del kernels
+        n = k.shape[0]
+        # The test prediction of gradient flow from zero outputs is linear in the test kernel,
+        # f_t(x) = K(x, X) A^+ (I - exp(-A t / n)) y with A = K + ridge trace(K)/N I: with the
+        # identity as the "test kernel", fastntk.predict returns that vector of coefficients.
+        predict_fn = _predict.gradient_descent_mse(k, y2, learning_rate=1.0, diag_reg=ridge)
+        self.dual_coef_ = predict_fn(t=t, fx_train_0=None, fx_test_0=0.0, k_test_train=np.eye(n))
+        self.X_fit_ = X
+        self._fit_arch = arch
+
+    def _decision(self, X):
+        check_is_fitted(self, "dual_coef_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        net = mlp(self._fit_arch, self.depth_)
+        return predict_kernel(net, X, self.X_fit_, self._kernel_name, self.dual_coef_)
+
+
+_ESTIMATOR_PARAMETERS = """
+    depth : int or sequence of int, default=2
+        Hidden layers (activations) of the MLP ``Dense, act, ..., act, Dense``. With a
+        sequence, ``fit`` evaluates the kernels of every candidate depth in ONE pass of the
+        deepest network and keeps the depth with the smallest exact leave-one-out squared
+        error of the converged (t = inf) ridge regression, in closed form
+        (``residual_i = (A^-1 y)_i / (A^-1)_ii`` with ``A = K + ridge trace(K)/N I``, the
+        ridge held fixed at its full-data value); ties go to the shallowest. The criterion
+        is that of the converged predictor whatever ``t``. A sweep holds one N x N kernel
+        per candidate and factors each (O(N^3) per candidate).
+    activation : str or fastntk activation layer, default='relu'
+        One of 'relu', 'erf', 'gelu', 'abs', 'sign', 'sin', 'cos', 'rbf', 'identity' (a deep
+        linear network), or a layer such as ``fastntk.LeakyRelu(0.1)``.
+    W_std : float, default=sqrt(2)
+        Weight standard deviation of every Dense layer, > 0. The default is He's for ReLU:
+        it keeps each point's variance constant through the layers.
+    b_std : float or None, default=0.1
+        Bias standard deviation of every Dense layer, >= 0; None for no bias."""
+
+_ESTIMATOR_TRAINING = """
+    t : float or None, default=None
+        Training time of gradient flow, >= 0; None (or inf) = trained to convergence. In Neural
+        Tangents' units: learning rate 1 on the loss ``||f - y||^2 / (2 y.size)``, so the
+        training outputs move as ``exp(-K t / y.size)``.
+    ridge : float, default=0.0
+        Ridge, relative to the kernel's scale: ``ridge * trace(K) / N`` is added to the
+        training kernel's diagonal (Neural Tangents' ``diag_reg``). 0: the network itself,
+        ridgeless; a training kernel singular to working precision (duplicated points) is
+        then solved with the pseudo-inverse and a ``SingularKernelWarning``."""
+
+_ESTIMATOR_ATTRIBUTES = """
+    Attributes
+    ----------
+    depth_ : int
+        The depth used (``depth`` itself when it is an int).
+    depths_ : ndarray of int
+        The candidate depths, ascending (only when ``depth`` is a sequence).
+    loo_mse_ : ndarray of float
+        The leave-one-out mean squared error of each candidate depth (only when ``depth`` is a
+        sequence; inf where the regularized kernel is singular, with a ``LeaveOneOutWarning``).
+    dual_coef_ : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+        Predictions are ``K(x, X_fit_) @ dual_coef_``.
+    X_fit_ : ndarray of shape (n_samples, n_features)
+        The training inputs (float64).
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when X has feature names."""
+
+
+def _doc(text: str) -> str:
+    return (
+        text.replace("{PARAMETERS}", _ESTIMATOR_PARAMETERS.strip("\n"))
+        .replace("{TRAINING}", _ESTIMATOR_TRAINING.strip("\n"))
+        .replace("{ATTRIBUTES}", _ESTIMATOR_ATTRIBUTES.strip("\n"))
+    )
+
+
+_NTK_ARCH = """
+    parameterization : {'ntk', 'standard'}, default='ntk'
+        Parameterization of the Dense layers (Neural Tangents' meaning). The standard one's
+        NTK grows with the hidden width, so ``t`` means a different time scale there.
+    width : int, default=512
+        Hidden width; only the standard parameterization's NTK depends on it (ignored with
+        'ntk')."""
+
+
+class NTKRegressor(RegressorMixin, _NetworkEstimator):
+    __doc__ = _doc(
+        """Regression by an infinitely wide MLP trained by gradient flow on MSE (the NTK).
+
+    Predicts the mean over random initializations (the infinite ensemble) of the trained
+    network, from zero initial outputs: ``f_t(x) = K(x, X) A^+ (I - exp(-A t / n)) y`` with
+    ``K`` the NTK, ``A = K + ridge trace(K)/N I`` and ``n = y.size``; at ``t=None`` this is
+    kernel (ridge) regression ``K(x, X) A^-1 y``. Multi-output targets are independent columns.
+
+    Parameters
+    ----------
+{PARAMETERS}"""
+        + _NTK_ARCH
+        + """
+{TRAINING}
+
+{ATTRIBUTES}
+    """
+    )
+
+    def __init__(
+        self,
+        depth=_DEPTH,
+        activation="relu",
+        W_std=_W_STD,
+        b_std=_B_STD,
+        parameterization="ntk",
+        width=_WIDTH,
+        t=None,
+        ridge=0.0,
+    ):
+        self.depth = depth
+        self.activation = activation
+        self.W_std = W_std
+        self.b_std = b_std
+        self.parameterization = parameterization
+        self.width = width
+        self.t = t
+        self.ridge = ridge
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def fit(self, X, y):
+        """Fit to inputs X (n_samples, n_features) and targets y (n_samples,) or
+        (n_samples, n_outputs). Returns self."""
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        y2 = y[:, None] if y.ndim == 1 else y
+        self._fit_targets(X, y2, onehot=False)
+        if y.ndim == 1:
+            self.dual_coef_ = self.dual_coef_[:, 0]
+        return self
+
+    def predict(self, X):
+        """Predictions at X (n_samples, n_features): (n_samples,) or (n_samples, n_outputs)
+        like the training targets."""
+        return self._decision(X)
+
+
+class NNGPRegressor(RegressorMixin, _NetworkEstimator):
+    __doc__ = _doc(
+        """Regression by the NNGP: an infinitely wide MLP whose last layer alone is trained.
+
+    As :class:`NTKRegressor` with the NNGP as the kernel of the flow (Neural Tangents'
+    ``get='nngp'`` dynamics): ``f_t(x) = K(x, X) A^+ (I - exp(-A t / n)) y``; at ``t=None``
+    the posterior mean of the network's Gaussian process (ridge = the noise variance,
+    relative to the kernel's scale).
+
+    Parameters
+    ----------
+{PARAMETERS}
+{TRAINING}
+
+{ATTRIBUTES}
+    """
+    )
+
+    _kernel_name = "nngp"
+
+    def __init__(self, depth=_DEPTH, activation="relu", W_std=_W_STD, b_std=_B_STD, t=None, ridge=0.0):
+        self.depth = depth
+        self.activation = activation
+        self.W_std = W_std
+        self.b_std = b_std
+        self.t = t
+        self.ridge = ridge
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    fit = NTKRegressor.fit
+    predict = NTKRegressor.predict
+
+
+class NTKClassifier(ClassifierMixin, _NetworkEstimator):
+    __doc__ = _doc(
+        """Classification by an infinitely wide MLP trained by gradient flow on one-hot targets.
+
+    As in the NTK literature, the network regresses the one-hot encoding of the classes with
+    MSE (one output per class, independent columns, the same dynamics as
+    :class:`NTKRegressor`) and predicts the class of the largest output. Its outputs are not
+    probabilities, so there is no ``predict_proba``; ``decision_function`` returns them.
+
+    Parameters
+    ----------
+{PARAMETERS}"""
+        + _NTK_ARCH
+        + """
+{TRAINING}
+
+{ATTRIBUTES}
+    loo_accuracy_ : ndarray of float
+        With a sequence of depths: the leave-one-out accuracy of each (the argmax of the
+        closed-form leave-one-out outputs); the depth is chosen by ``loo_mse_`` on the
+        one-hot targets, the loss the network is trained on.
+    classes_ : ndarray
+        The class labels.
+    """
+    )
+
+    def __init__(
+        self,
+        depth=_DEPTH,
+        activation="relu",
+        W_std=_W_STD,
+        b_std=_B_STD,
+        parameterization="ntk",
+        width=_WIDTH,
+        t=None,
+        ridge=0.0,
+    ):
+        self.depth = depth
+        self.activation = activation
+        self.W_std = W_std
+        self.b_std = b_std
+        self.parameterization = parameterization
+        self.width = width
+        self.t = t
+        self.ridge = ridge
+
+    def fit(self, X, y):
+        """Fit to inputs X (n_samples, n_features) and labels y (n_samples,). Returns self."""
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_, index = np.unique(y, return_inverse=True)
+        onehot = np.zeros((X.shape[0], len(self.classes_)))
+        onehot[np.arange(X.shape[0]), index] = 1.0
+        self._fit_targets(X, onehot, onehot=True)
+        return self
+
+    def decision_function(self, X):
+        """The network's outputs at X: (n_samples, n_classes), or for two classes
+        (n_samples,), the second class's output minus the first's (> 0: ``classes_[1]``)."""
+        f = self._decision(X)
+        if len(self.classes_) == 2:
+            return f[:, 1] - f[:, 0]
+        return f
+
+    def predict(self, X):
+        """The class of the largest output at each row of X."""
+        f = self._decision(X)
+        return self.classes_[np.argmax(f, axis=1)]
+
+
+# ---------------------------------------------------------------------------------------
+# Gaussian-process kernels
+
+
+class _MLPKernel(Kernel):
+    """Shared implementation of :class:`NTK` and :class:`NNGP`."""
+
+    _kernel_name = "ntk"
+
+    def __init__(
+        self,
+        depth=_DEPTH,
+        activation="relu",
+        W_std=_W_STD,
+        b_std=_B_STD,
+        W_std_bounds=(1e-2, 1e2),
+        b_std_bounds=(1e-5, 1e5),
+    ):
+        self.depth = depth
+        self.activation = activation
+        self.W_std = W_std
+        self.b_std = b_std
+        self.W_std_bounds = W_std_bounds
+        self.b_std_bounds = b_std_bounds
+
+    @property
+    def hyperparameter_W_std(self):
+        return Hyperparameter("W_std", "numeric", self.W_std_bounds)
+
+    @property
+    def hyperparameter_b_std(self):
+        return Hyperparameter("b_std", "numeric", self.b_std_bounds)
+
+    def _network(self):
+        owner = type(self).__name__
+        if self.b_std is None:
+            raise TypeError(f"{owner}: b_std must be a real number >= 0 (a hyperparameter), got None")
+        arch = check_architecture(
+            owner,
+            depth=self.depth,
+            activation=self.activation,
+            W_std=self.W_std,
+            b_std=self.b_std,
+            allow_sequence=False,
+        )
+        return mlp(arch, arch["depths"][0]), arch
+
+    def __call__(self, X, Y=None, eval_gradient=False):
+        """The kernel k(X, Y) and, optionally, its gradient in the log-hyperparameters.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples_X, n_features)
+        Y : ndarray of shape (n_samples_Y, n_features), default=None
+            None: k(X, X), computed with the symmetry. Otherwise only the N x M cross kernel
+            is computed.
+        eval_gradient : bool, default=False
+            Also return the derivatives with respect to the log of each non-fixed
+            hyperparameter (W_std, then b_std), computed in the same pass as the kernel by
+            forward-mode derivatives through the layer recursion. Only when Y is None.
+
+        Returns
+        -------
+        K : ndarray of shape (n_samples_X, n_samples_Y), float64
+        K_gradient : ndarray of shape (n_samples_X, n_samples_X, n_dims), float64
+            Only with eval_gradient; ``dK/dlog W_std = 2 W_std^2 dK/d(W_std^2)`` and
+            likewise for b_std.
+        """
+        if eval_gradient and Y is not None:
+            raise ValueError("Gradient can only be evaluated when Y is None.")
+        net, arch = self._network()
+        name = self._kernel_name
+        a1, a2 = net._inputs(X, Y)
+        if not eval_gradient:
+            return net._gram(a1, a2, (name,))[name]
+        directions = []
+        for h in self.hyperparameters:
+            if h.fixed:
+                continue
+            if h.name == "W_std":
+                directions.append((0, 2.0 * arch["W_std"] ** 2))  # d(W^2)/dlog W
+            else:
+                directions.append((1, 2.0 * arch["b_std"] ** 2))  # d(b^2)/dlog b
+        if not directions:
+            k = net._gram(a1, None, (name,))[name]
+            return k, np.empty((k.shape[0], k.shape[0], 0))
+        seeds = dense_seeds(net._program(a1.shape[1]), directions)
+        out = net._gram(a1, None, (name,), seeds=seeds)[name]  # (1, 1 + P, N, N)
+        # A view, not a copy: the GP's einsum over the gradient runs as fast on it (measured
+        # faster at N = 2000 than on a C-ordered copy, and the copy alone costs more than the kernel).
+        return out[0, 0], np.moveaxis(out[0, 1:], 0, -1)
+
+    def diag(self, X):
+        """k(x, x) for each row of X, shape (n_samples_X,): O(n_samples_X n_features), from
+        the exact diagonal maps (equal to the diagonal of ``self(X)``)."""
+        net, _ = self._network()
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be a 2-D array of shape (N, d), got shape {X.shape}")
+        nngp, ntk = diagonals(net._program(X.shape[1]), X)
+        return ntk if self._kernel_name == "ntk" else nngp
+
+    def is_stationary(self):
+        """False: the kernels depend on the inputs' norms and angle, not their difference."""
+        return False
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}(depth={self.depth!r}, activation={self.activation!r}, "
+            f"W_std={self.W_std:.4g}, b_std={self.b_std:.4g})"
+            if isinstance(self.W_std, numbers.Real) and isinstance(self.b_std, numbers.Real)
+            else f"{type(self).__name__}(depth={self.depth!r}, activation={self.activation!r}, "
+            f"W_std={self.W_std!r}, b_std={self.b_std!r})"
+        )
+
+
+_KERNEL_DOC = """{what}
+
+    The MLP ``Dense, act, ..., act, Dense`` with ``depth`` activations, every Dense layer
+    with the same ``W_std`` and ``b_std`` (Neural Tangents' ntk parameterization; input
+    kernel ``x . y / d``). Use it in :class:`~sklearn.gaussian_process.GaussianProcessRegressor`
+    or ``GaussianProcessClassifier``, alone or combined with other kernels
+    (``ConstantKernel() * {name}() + WhiteKernel()``); the optimizer tunes W_std and b_std
+    on a log scale with the analytic gradients.
+
+    Parameters
+    ----------
+    depth : int, default=2
+        Hidden layers (activations), >= 0.
+    activation : str or fastntk activation layer, default='relu'
+        As the estimators' (e.g. 'relu', 'erf', 'gelu', or ``fastntk.LeakyRelu(0.1)``).
+    W_std : float, default=sqrt(2)
+        Weight standard deviation, > 0 (a hyperparameter).
+    b_std : float, default=0.1
+        Bias standard deviation, >= 0 (a hyperparameter; keep it > 0 unless fixed: the
+        optimizer works on log b_std).
+    W_std_bounds, b_std_bounds : pair of floats > 0 or 'fixed', default=(1e-2, 1e2), (1e-5, 1e5)
+        Bounds of the hyperparameters; 'fixed' keeps one out of the optimization.
+    """
+
+
+class NTK(_MLPKernel):
+    __doc__ = _KERNEL_DOC.format(
+        what="The neural tangent kernel of an infinitely wide MLP, as a GP kernel.", name="NTK"
+    )
+    _kernel_name = "ntk"
+
+
+class NNGP(_MLPKernel):
+    __doc__ = _KERNEL_DOC.format(
+        what="The NNGP kernel (the covariance of an infinitely wide MLP's outputs), as a GP kernel.",
+        name="NNGP",
+    )
+    _kernel_name = "nngp"
+
+
+class NeuralTangentKernel(Kernel):
+    """Drop-in replacement for scikit-ntk's ``skntk.NeuralTangentKernel``: same parameters,
+    same numbers, computed by fastntk's fused recursion.
+
+    scikit-ntk's NTK of a ReLU MLP with ``depth`` hidden layers: raw inner products
+    ``S0 = x . z`` (no 1/d), ReLU layers with weight variance 2 and no bias in the NNGP, and
+    a ``bias`` that multiplies zero-initialized biases, so ``bias^2`` enters the NTK at every
+    layer: ``K0 = S0 + bias^2``, ``S_h = 2 E[relu(u) relu(v)]``, ``K_h = K_{h-1} S'_h + S_h +
+    bias^2``, returned as ``K_depth / ((depth + 1)(1 + bias^2))``. Here that is the program
+    ``Dense(W_std=sqrt(d), ntk_bias=bias)`` then ``depth`` times ``[Relu, Dense(W_std=sqrt(2),
+    ntk_bias=bias)]``, then the scale. The raw kernel is exactly affine in bias^2, so its
+    gradient in log(bias) is exact from a second plain pass at another bias (faster than the
+    forward-mode derivative path, see ``__call__``), plus the scale's own derivative.
+
+    Parameters
+    ----------
+    depth : int
+        Hidden (ReLU) layers, >= 0.
+    bias : float, default=0.1
+        The bias scale beta, >= 0 (the hyperparameter).
+    bias_bounds : pair of floats > 0 or 'fixed', default=(1e-5, 1e5)
+
+    Notes
+    -----
+    Where it deliberately differs from scikit-ntk 1.2.1 (values agree to ~1e-8 relative
+    elsewhere, the limit of scikit-ntk's own arccos near correlation 1):
+
+    - ``k(X, Z)`` computes the N x M cross kernel only; scikit-ntk computes the kernel of the
+      stacked (N + M) points and slices it (same numbers, (N + M)^2 work).
+    - ``k(X, Z, eval_gradient=True)`` raises ValueError as scikit-learn's kernels do;
+      scikit-ntk returns the (N + M) x (N + M) kernel of the stacked points instead.
+    - ``diag(X)`` costs O(N d); scikit-ntk forms the whole matrix.
+    - Antipodal inputs (x = -c z, no NNGP bias): the gradient is the exact, finite limit;
+      scikit-ntk's divides by the product of the ReLU derivatives, which is 0 there, and
+      returns NaN (with a divide-by-zero warning).
+    - Zero-norm inputs, or pairs whose norms' product is below 1e-10: scikit-ntk clips that
+      product at 1e-10, which gives zero inputs a spurious covariance of ~3e-11 and tiny
+      inputs wrong correlations; here the exact kernel (a zero input has zero covariance and
+      angle pi/2 with everything, as in Neural Tangents).
+    """
+
+    def __init__(self, depth, bias=0.1, bias_bounds=(1e-5, 1e5)):
+        self.depth = depth
+        self.bias = bias
+        self.bias_bounds = bias_bounds
+
+    @property
+    def hyperparameter_bias(self):
+        return Hyperparameter("bias", "numeric", self.bias_bounds)
+
+    def _checked(self):
+        owner = type(self).__name__
+        return check_int(owner, "depth", self.depth, low=0), check_real(owner, "bias", self.bias, low=0.0)
+
+    @staticmethod
+    def _scale(depth: int, beta: float) -> float:
+        """scikit-ntk's normalization 1 / ((depth + 1)(1 + beta^2)), applied as a product
+        everywhere (kernel and diag agree to the bit)."""
+        return 1.0 / ((depth + 1) * (1.0 + beta * beta))
+
+    @staticmethod
+    def _program(d: int, depth: int, beta: float):
+        """The layer program for inputs of dimension d, with NTK-only bias beta."""
+        program = _core.Program()
+        program.set_layer(0)
+        # W_std^2 = d undoes the 1/d of the input kernel x . z / d: scikit-ntk uses x . z.
+        program.add_dense(float(d) ** 0.5, None, False, float(d), ntk_bias=beta)
+        for h in range(depth):
+            program.set_layer(2 * h + 1)
+            program.add_abrelu(0.0, 1.0)
+            program.set_layer(2 * h + 2)
+            program.add_dense(2.0**0.5, None, False, 1.0, ntk_bias=beta)
+        return program
+
+    def __call__(self, X, Y=None, eval_gradient=False):
+        """The kernel k(X, Y) and, optionally, its gradient in log(bias).
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples_X, n_features)
+        Y : ndarray of shape (n_samples_Y, n_features), default=None
+            None: k(X, X) with the symmetry; otherwise the N x M cross kernel only.
+        eval_gradient : bool, default=False
+            Also return dK/dlog(bias), shape (N, N, 1) ((N, N, 0) when the bias is fixed).
+            Only when Y is None.
+
+        Returns
+        -------
+        K : ndarray of shape (n_samples_X, n_samples_Y)
+        K_gradient : ndarray of shape (n_samples_X, n_samples_X, n_dims), optional
+        """
+        if eval_gradient and Y is not None:
+            raise ValueError("Gradient can only be evaluated when Y is None.")
+        depth, beta = self._checked()
+        caller = serial()
+        a1, a2 = caller._inputs(X, Y)
+        d = a1.shape[1]
+        b2 = beta * beta
+        scale = self._scale(depth, beta)
+        k = caller._gram(a1, a2, ("ntk",), program=self._program(d, depth, beta))["ntk"]
+        if not eval_gradient or self.hyperparameter_bias.fixed:
+            k *= scale
+            if eval_gradient:
+                return k, np.empty((k.shape[0], k.shape[0], 0))
+            return k
+        # beta enters the NTK only, through the constant beta^2 each Dense layer adds, and
+        # linearly (K_h = K_{h-1} S'_h + S_h + beta^2, with S and S' free of beta): the raw
+        # kernel is exactly affine in beta^2, K(beta) = A + beta^2 B. So B = dK/d(beta^2) is
+        # (K(beta') - K(beta)) / c with beta'^2 = beta^2 + c, from a second plain pass: two
+        # vectorized passes cost about half of one pass of the forward-mode derivative path
+        # (seeds), which runs the transcendental functions one pair at a time.
+        # Round-off: B >= 1 entrywise (its last-layer term is 1; the others are >= 0), and
+        # |A| <= max_i A_ii = (depth + 1) max |x_i|^2 (ReLU with weight variance 2 keeps
+        # each point's variance, so A_ii adds |x_i|^2 per layer). With c >= that and
+        # c >= beta^2, |K(beta)| and |K(beta')| are at most 3 c B, so the difference carries
+        # a few ulps of c B: B to a few ulps, as accurate as the derivative recursion.
+        c = max(1.0, b2, (depth + 1) * float(np.max(np.einsum("ij,ij->i", a1, a1), initial=0.0)))
+        k2 = caller._gram(a1, None, ("ntk",), program=self._program(d, depth, (b2 + c) ** 0.5))["ntk"]
+        # dK/dlog(beta) = 2 beta^2 d/d(beta^2) of scale(beta) K(beta), with
+        # d scale/d(beta^2) = -scale / (1 + beta^2):
+        #   grad = (2 beta^2 scale / c) (K(beta') - K(beta)) - (2 beta^2 scale / (1 + beta^2)) K(beta)
+        a = 2.0 * b2 * scale / c
+        k2 *= a
+        grad = scipy.linalg.blas.daxpy(k.ravel(), k2.ravel(), a=-a - 2.0 * b2 * scale / (1.0 + b2))
+        k *= scale
+        return k, grad.reshape(k.shape)[:, :, None]
+
+    def diag(self, X):
+        """k(x, x) for each row of X, shape (n_samples_X,), in O(n_samples_X n_features)."""
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be a 2-D array of shape (N, d), got shape {X.shape}")
+        depth, beta = self._checked()
+        program = self._program(X.shape[1], depth, beta)
+        return diagonals(program, X)[1] * self._scale(depth, beta)
+
+    def is_stationary(self):
+        """False: the kernel depends on the inputs' norms and angle."""
+        return False
+
+    def __repr__(self):
+        # scikit-ntk's format, so that printed models read the same after the swap.
+        try:
+            return f"{type(self).__name__}(depth={self.depth:d}, bias={self.bias:.3f})"
+        except (TypeError, ValueError):
+            return f"{type(self).__name__}(depth={self.depth!r}, bias={self.bias!r})"
