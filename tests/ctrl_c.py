@@ -1,8 +1,12 @@
 """Native calls and Python: how long a call takes to stop after Ctrl-C (in a fresh
-interpreter), and whether other Python threads run while it works (the GIL released)."""
+interpreter), and whether other Python threads run while it works (the GIL released).
+
+The jobs are sized on the machine that runs the tests (`size_for`): a fixed size that
+takes seconds on 2 cores finishes before the interrupt on 16, and then tests nothing."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -52,3 +56,14 @@ def python_ticks_during(fn) -> int:
         ticks += 1
     runner.join()
     return ticks
+
+
+def size_for(seconds: float, run, size: int, power: float = 1.0) -> int:
+    """The size at which ``run(size)`` takes about `seconds` on this machine, assuming its
+    time grows as size**power: ``run`` is timed once at `size` after one warm-up call
+    (threads, pages), then scaled. Never smaller than `size`."""
+    run(size)
+    t0 = time.perf_counter()
+    run(size)
+    elapsed = max(time.perf_counter() - t0, 1e-4)
+    return max(size, math.ceil(size * (seconds / elapsed) ** (1.0 / power)))

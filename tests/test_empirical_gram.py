@@ -20,7 +20,7 @@ import pytest
 
 from fastntk import _core
 
-from ctrl_c import python_ticks_during, seconds_to_stop
+from ctrl_c import python_ticks_during, seconds_to_stop, size_for
 from empirical_ref import empirical_gram_ref
 
 RTOL = 1e-12
@@ -184,21 +184,29 @@ def test_binding_refuses_bad_buffers(bad, message):
         _core.empirical_gram([term], 5, 6, 2, args["out"])
 
 
-# A job of many seconds (200 terms of 2 GFLOP per block pair of 256 points), on small
-# buffers: the same arrays stand for every term.
-LONG_JOB = """
-import numpy as np
-from fastntk import _core
-rng = np.random.default_rng(0)
-n, m, q = 3000, 4, 256
-a, b = rng.standard_normal((n, 64)), rng.standard_normal((n, m, q))
-terms = [(a, None, b, None, 1.0, 0.1)] * 200
-out = np.empty((n, n))
-"""
+# Jobs on small buffers (the same arrays stand for every term), as many terms of 2 GFLOP
+# per block pair of 256 points as take the wanted seconds here (time ~ number of terms).
+def _terms_for(seconds, n):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, 64)), rng.standard_normal((n, 4, 256))
+    out = np.empty((n, n))
+    return size_for(
+        seconds, lambda k: _core.empirical_gram([(a, None, b, None, 1.0, 0.1)] * k, n, None, 4, out), 4
+    )
 
 
 def test_ctrl_c_stops_within_a_second():
-    seconds = seconds_to_stop(LONG_JOB, "_core.empirical_gram(terms, n, None, m, out)")
+    n = 3000
+    setup = f"""
+    import numpy as np
+    from fastntk import _core
+    rng = np.random.default_rng(0)
+    n, m, q = {n}, 4, 256
+    a, b = rng.standard_normal((n, 64)), rng.standard_normal((n, m, q))
+    terms = [(a, None, b, None, 1.0, 0.1)] * {_terms_for(4.0, n)}
+    out = np.empty((n, n))
+    """
+    seconds = seconds_to_stop(setup, "_core.empirical_gram(terms, n, None, m, out)")
     assert seconds < 1.0, f"took {seconds:.2f} s after Ctrl-C to stop"
 
 
@@ -206,7 +214,6 @@ def test_gil_is_released_during_native_work(rng):
     n, m = 1500, 4
     a, b = rng.standard_normal((n, 64)), rng.standard_normal((n, m, 256))
     out = np.empty((n, n))
-    ticks = python_ticks_during(
-        lambda: _core.empirical_gram([(a, None, b, None, 1.0, 0.1)] * 40, n, None, m, out)
-    )
+    terms = [(a, None, b, None, 1.0, 0.1)] * _terms_for(0.5, n)
+    ticks = python_ticks_during(lambda: _core.empirical_gram(terms, n, None, m, out))
     assert ticks > 20, f"the main thread ran only {ticks} times during the native call"

@@ -13,7 +13,7 @@ import pytest
 
 from fastntk import _core
 
-from ctrl_c import seconds_to_stop
+from ctrl_c import seconds_to_stop, size_for
 
 U = 2.0**-53
 
@@ -74,11 +74,16 @@ def test_refuses_other_dtypes_and_layouts():
 
 
 def test_ctrl_c_stops_within_a_second():
-    # 240 GFLOP: seconds on any machine this runs on, in tiles of ~2 GFLOP.
-    setup = """
+    # A square product sized to take ~4 s here (time ~ s^3), run in tiles of ~2 GFLOP.
+    def product(s):
+        a = np.ones((s, s))
+        _core.matmul(a, a, np.empty((s, s)))
+
+    s = size_for(4.0, product, 1500, power=3)
+    setup = f"""
     import numpy as np
     from fastntk import _core
-    a, b, out = np.ones((10000, 4000)), np.ones((4000, 3000)), np.empty((10000, 3000))
+    a, out = np.ones(({s}, {s})), np.empty(({s}, {s}))
     """
-    seconds = seconds_to_stop(setup, "_core.matmul(a, b, out)")
+    seconds = seconds_to_stop(setup, "_core.matmul(a, a, out)")
     assert seconds < 1.0, f"took {seconds:.2f} s after Ctrl-C to stop"

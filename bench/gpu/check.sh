@@ -8,7 +8,8 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-#     -d .whl scipy-openblas32
+#     -d .whl scipy-openblas32==0.3.34.481.3
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl scikit-ntk==1.2.1   # optional
 # then run it through the device tool with carry [".whl"]:
 #   bash bench/gpu/check.sh
 # Results land in $OUT (log, benchmark JSON).
@@ -33,10 +34,17 @@ time python3 -m pip install -q --no-build-isolation --no-deps --no-index --targe
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 python3 -c "import fastntk, json; print(json.dumps(fastntk.build_info(), indent=1))"
 
-# The whole suite; tests marked requires_cuda run here.
-cd /tmp && python3 -m pytest "$OLDPWD/tests" -q -x -p no:cacheprovider --rootdir "$OLDPWD" 2>&1 | tail -15
+# The CuPy paths first (fastntk.predict on CuPy arrays), verbosely, so that a failure
+# elsewhere cannot hide them; then the whole suite (tests marked requires_cuda run here).
+cd /tmp
+python3 -c "import cupy; print('cupy', cupy.__version__, cupy.cuda.runtime.getDeviceCount(), 'device(s)')" || true
+python3 -m pytest "$OLDPWD/tests" -q -rs -p no:cacheprovider --rootdir "$OLDPWD" -k "cupy or cuda" 2>&1 | tail -15 || true
+timeout 180 python3 -m pytest "$OLDPWD/tests" -q -p no:cacheprovider --rootdir "$OLDPWD" 2>&1 | tail -25 || true
 cd "$OLDPWD"
 
 # Benchmarks (the NumPy reference is skipped: it measures nothing about the GPU).
 python3 bench/bench_kernels.py --no-reference --json gpu-machine-kernels.json
 cp bench/results/gpu-machine-kernels.json "$OUT/" || true
+
+# fastntk.predict on CuPy vs NumPy arrays (cuSOLVER vs LAPACK), same call, one run.
+python3 bench/gpu/bench_predict_cupy.py --n 8000 2>&1 | tee "$OUT/predict_cupy.md"
