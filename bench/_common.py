@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from fastntk._timing import best_time  # noqa: F401 - the bench scripts import it from here
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-
-
-def best_time(fn, repeat: int = 3) -> float:
-    """Best wall time over several calls (the machines are noisy; the minimum is the
-    least disturbed run). Calls shorter than 50 ms are repeated 7 times instead."""
-    times = []
-    while len(times) < (repeat if not times or times[0] >= 0.05 else max(repeat, 7)):
-        gc.collect()
-        t = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t)
-        del result
-    return min(times)
 
 
 def peak_extra_bytes(setup: str, call: str, output_bytes: int) -> int | None:

@@ -1,4 +1,4 @@
-"""Shared by the experiment scripts: command line, log-log fits, figures.
+"""Shared by the experiment scripts: command line and main, log-log fits, figures.
 
 matplotlib is needed by the scripts (and the tests that run them), never by fastntk itself;
 it is imported here, with the non-interactive Agg backend, only when a figure is made.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import pathlib
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random networks and data")
     return p
+
+
+def script_main(module, argv=None) -> dict:
+    """The ``main`` of an experiment script `module`: parses --quick, --out and --seed, calls
+    its ``run`` with its ``QUICK`` or ``FULL`` settings, prints its ``report`` and the time."""
+    args = parser(module.__doc__.splitlines()[0]).parse_args(argv)
+    start = time.perf_counter()
+    r = module.run(**(module.QUICK if args.quick else module.FULL), seed=args.seed, out=args.out)
+    module.report(r)
+    print(f"({time.perf_counter() - start:.1f} s)")
+    return r
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,14 @@ initial loss) and the test outputs (relative to the rms of the targets).
 from __future__ import annotations
 
 import math
-import time
+import sys
 
 import numpy as np
 
 import fastntk as nt
 from fastntk import predict
 
-from _common import parser, pyplot, save
+from _common import pyplot, save, script_main
 
 FULL = dict(width=4096, depth=2, n_train=16, n_test=8, steps=300)
 QUICK = dict(width=4096, depth=1, n_train=12, n_test=4, steps=150)
@@ -124,12 +124,7 @@ def report(r: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    start = time.perf_counter()
-    r = run(**(QUICK if args.quick else FULL), seed=args.seed, out=args.out)
-    report(r)
-    print(f"({time.perf_counter() - start:.1f} s)")
-    return r
+    return script_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

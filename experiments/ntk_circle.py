@@ -17,13 +17,13 @@ its logarithm against log width (two widths; standard error from the spread of t
 
 from __future__ import annotations
 
-import time
+import sys
 
 import numpy as np
 
 import fastntk as nt
 
-from _common import geometric_summary, loglog_fit, parser, pyplot, save
+from _common import geometric_summary, loglog_fit, pyplot, save, script_main
 
 FULL = dict(widths=(100, 10000), n_seeds=4, n_angles=121)
 QUICK = dict(widths=(64, 1024), n_seeds=6, n_angles=61)
@@ -95,12 +95,7 @@ def report(r: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    start = time.perf_counter()
-    r = run(**(QUICK if args.quick else FULL), seed=args.seed, out=args.out)
-    report(r)
-    print(f"({time.perf_counter() - start:.1f} s)")
-    return r
+    return script_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,13 @@ Writes ntk_constancy.png to --out and prints the fitted slopes with their standa
 from __future__ import annotations
 
 import math
-import time
+import sys
 
 import numpy as np
 
 import fastntk as nt
 
-from _common import geometric_summary, loglog_fit, parser, pyplot, rel_frobenius, save
+from _common import geometric_summary, loglog_fit, pyplot, rel_frobenius, save, script_main
 
 FULL = dict(
     widths=(64, 128, 256, 512, 1024, 2048, 4096), n_seeds=6, depth=2, n_points=16, input_dim=4, steps=200
@@ -123,12 +123,7 @@ def report(r: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    start = time.perf_counter()
-    r = run(**(QUICK if args.quick else FULL), seed=args.seed, out=args.out)
-    report(r)
-    print(f"({time.perf_counter() - start:.1f} s)")
-    return r
+    return script_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

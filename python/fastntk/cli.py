@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import gc
 import json
 import math
 import os
@@ -54,6 +53,8 @@ import time
 import warnings
 
 import numpy as np
+
+from ._timing import best_time
 
 __all__ = ["main"]
 
@@ -671,19 +672,6 @@ def _plot(r: dict, path: pathlib.Path) -> None:
 
 # ---------------------------------------------------------------------------------------
 # fastntk bench
-
-
-def best_time(fn, repeat: int = 3) -> float:
-    """Best wall time over several calls, as ``bench/_common.py`` measures: the minimum is
-    the least disturbed run on a noisy machine; calls under 50 ms are repeated 7 times."""
-    times = []
-    while len(times) < (repeat if not times or times[0] >= 0.05 else max(repeat, 7)):
-        gc.collect()
-        t = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t)
-        del result
-    return min(times)
 
 
 _BENCH_DEPTH = 5

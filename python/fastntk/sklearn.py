@@ -197,25 +197,9 @@ _NTK_ARCH = """
         'ntk')."""
 
 
-class NTKRegressor(RegressorMixin, _NetworkEstimator):
-    __doc__ = _doc(
-        """Regression by an infinitely wide MLP trained by gradient flow on MSE (the NTK).
-
-    Predicts the mean over random initializations (the infinite ensemble) of the trained
-    network, from zero initial outputs: ``f_t(x) = K(x, X) A^+ (I - exp(-A t / n)) y`` with
-    ``K`` the NTK, ``A = K + ridge trace(K)/N I`` and ``n = y.size``; at ``t=None`` this is
-    kernel (ridge) regression ``K(x, X) A^-1 y``. Multi-output targets are independent columns.
-
-    Parameters
-    ----------
-{PARAMETERS}"""
-        + _NTK_ARCH
-        + """
-{TRAINING}
-
-{ATTRIBUTES}
-    """
-    )
+class _NTKEstimator(_NetworkEstimator):
+    """The parameters of the NTK estimators (regressor and classifier): the architecture in
+    either parameterization, the training time and the ridge."""
 
     def __init__(
         self,
@@ -236,6 +220,27 @@ class NTKRegressor(RegressorMixin, _NetworkEstimator):
         self.width = width
         self.t = t
         self.ridge = ridge
+
+
+class NTKRegressor(RegressorMixin, _NTKEstimator):
+    __doc__ = _doc(
+        """Regression by an infinitely wide MLP trained by gradient flow on MSE (the NTK).
+
+    Predicts the mean over random initializations (the infinite ensemble) of the trained
+    network, from zero initial outputs: ``f_t(x) = K(x, X) A^+ (I - exp(-A t / n)) y`` with
+    ``K`` the NTK, ``A = K + ridge trace(K)/N I`` and ``n = y.size``; at ``t=None`` this is
+    kernel (ridge) regression ``K(x, X) A^-1 y``. Multi-output targets are independent columns.
+
+    Parameters
+    ----------
+{PARAMETERS}"""
+        + _NTK_ARCH
+        + """
+{TRAINING}
+
+{ATTRIBUTES}
+    """
+    )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -296,7 +301,7 @@ class NNGPRegressor(RegressorMixin, _NetworkEstimator):
     predict = NTKRegressor.predict
 
 
-class NTKClassifier(ClassifierMixin, _NetworkEstimator):
+class NTKClassifier(ClassifierMixin, _NTKEstimator):
     __doc__ = _doc(
         """Classification by an infinitely wide MLP trained by gradient flow on one-hot targets.
 
@@ -321,26 +326,6 @@ class NTKClassifier(ClassifierMixin, _NetworkEstimator):
         The class labels.
     """
     )
-
-    def __init__(
-        self,
-        depth=_DEPTH,
-        activation="relu",
-        W_std=_W_STD,
-        b_std=_B_STD,
-        parameterization="ntk",
-        width=_WIDTH,
-        t=None,
-        ridge=0.0,
-    ):
-        self.depth = depth
-        self.activation = activation
-        self.W_std = W_std
-        self.b_std = b_std
-        self.parameterization = parameterization
-        self.width = width
-        self.t = t
-        self.ridge = ridge
 
     def fit(self, X, y):
         """Fit to inputs X (n_samples, n_features) and labels y (n_samples,). Returns self."""
