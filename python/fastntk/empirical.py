@@ -128,6 +128,13 @@ def _as_param(value, what: str, shape: tuple) -> np.ndarray:
     return a
 
 
+def _describe_sequence(obj) -> str:
+    """For error messages: 'a list of length 3', or the repr of what is not a list or tuple."""
+    if isinstance(obj, (list, tuple)):
+        return f"a {type(obj).__name__} of length {len(obj)}"
+    return repr(obj)
+
+
 def _check_params(net, params) -> tuple[list, int | None]:
     """The parameters as float64 arrays, checked against the architecture.
 
@@ -140,14 +147,9 @@ def _check_params(net, params) -> tuple[list, int | None]:
     _check_widths(net)
     layers = net.layers
     if not isinstance(params, (list, tuple)) or len(params) != len(layers):
-        got = (
-            f"a {type(params).__name__} of length {len(params)}"
-            if isinstance(params, (list, tuple))
-            else repr(params)
-        )
         raise ValueError(
             f"params must be a list with one entry per layer ({len(layers)} layers: (W, b) for Dense, () "
-            f"otherwise), got {got}"
+            f"otherwise), got {_describe_sequence(params)}"
         )
     checked, width, input_dim = [], None, None
     for k, (layer, p) in enumerate(zip(layers, params)):

@@ -62,7 +62,15 @@ import numpy as np
 
 from . import _arrays, empirical
 from ._predict_linalg import positive_real, times
-from .empirical import _as_param, _check_input, _check_params, _forward, _matmul, _multipliers
+from .empirical import (
+    _as_param,
+    _check_input,
+    _check_params,
+    _describe_sequence,
+    _forward,
+    _matmul,
+    _multipliers,
+)
 from .layers import Dense
 
 __all__ = ["Linearized", "TrainResult", "jvp", "linearize", "train_mse", "vjp"]
@@ -86,14 +94,9 @@ def _sum_sq(r) -> float:
 def _check_like(tree, like, name: str) -> list:
     """tree as float64 arrays with exactly the structure and shapes of the checked params `like`."""
     if not isinstance(tree, (list, tuple)) or len(tree) != len(like):
-        got = (
-            f"a {type(tree).__name__} of length {len(tree)}"
-            if isinstance(tree, (list, tuple))
-            else repr(tree)
-        )
         raise ValueError(
             f"{name} must have the structure of params: a list of {len(like)} entries ((dW, db) for a Dense "
-            f"layer, () otherwise), got {got}"
+            f"layer, () otherwise), got {_describe_sequence(tree)}"
         )
     out = []
     for k, (t, p) in enumerate(zip(tree, like)):
