@@ -9,7 +9,7 @@
 #include <string>
 #include <utility>
 
-#include "../cpu/ntk_gram_cpu.hpp"  // fastntk::Interrupted
+#include "fastntk/errors.hpp"  // fastntk::Interrupted
 
 namespace fastntk::bindings {
 
