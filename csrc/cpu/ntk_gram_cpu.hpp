@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "fastntk/program.hpp"
+#include "tiles.hpp"
 
 namespace fastntk {
 
@@ -61,8 +62,9 @@ void ntk_gram_cpu(const Program& prog, const double* x1, std::int64_t n1, const 
 void ntk_diag_cpu(const Program& prog, const double* x, std::int64_t n, std::int64_t d, double* nngp, double* ntk,
                   const GramOptions& opt = {});
 
-// The tile size the driver would choose.
-int default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads);
+// The tile shape (rows x columns) the driver would choose; GramOptions::tile > 0 sets square
+// tiles of that side instead.
+TileShape default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads);
 
 // Build facts: OpenMP version, BLAS configuration, the SIMD width of the recursion loops.
 struct BuildInfo {
