@@ -169,7 +169,7 @@ void tile_covariances(const Job<T>& job, const Tile& tile, double* c, int ldc) {
 }
 
 template <bool Ntk, class T>
-void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch) {
+void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch, StopCheck& check) {
   // In place, the covariances go straight into an output (the NNGP's if requested, else
   // the NTK's) and each row is walked where it lies; otherwise into the scratch tile.
   double* c = scratch.c.get();
@@ -180,6 +180,9 @@ void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch) {
   }
   tile_covariances(job, tile, c, static_cast<int>(ldc));
   for (int r = 0; r < tile.rows; ++r) {
+    // A tile of a deep network can take a second: a stop request is also seen between its
+    // rows (the outputs are abandoned then, so the tile is left unfinished).
+    if (check.stopped()) return;
     const int jb = tile.diagonal ? r : 0;
     const int len = tile.cols - jb;
     const Index i = tile.i0 + r, j0 = tile.j0 + jb;
@@ -226,24 +229,25 @@ void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch) {
 #define FASTNTK_CLONES
 #define FASTNTK_RUNTIME_DISPATCH 0
 #endif
-FASTNTK_CLONES void run_tile_ntk(const Job<double>& job, const Tile& tile, Scratch<double>& scratch) {
-  run_tile<true>(job, tile, scratch);
+FASTNTK_CLONES void run_tile_ntk(const Job<double>& job, const Tile& tile, Scratch<double>& scratch, StopCheck& check) {
+  run_tile<true>(job, tile, scratch, check);
 }
-FASTNTK_CLONES void run_tile_nngp(const Job<double>& job, const Tile& tile, Scratch<double>& scratch) {
-  run_tile<false>(job, tile, scratch);
+FASTNTK_CLONES void run_tile_nngp(const Job<double>& job, const Tile& tile, Scratch<double>& scratch,
+                                  StopCheck& check) {
+  run_tile<false>(job, tile, scratch, check);
 }
 template <class T>
-void dispatch_tile(bool ntk, const Job<T>& job, const Tile& tile, Scratch<T>& scratch) {
+void dispatch_tile(bool ntk, const Job<T>& job, const Tile& tile, Scratch<T>& scratch, StopCheck& check) {
   if constexpr (std::is_same_v<T, double>) {
     if (ntk)
-      run_tile_ntk(job, tile, scratch);
+      run_tile_ntk(job, tile, scratch, check);
     else
-      run_tile_nngp(job, tile, scratch);
+      run_tile_nngp(job, tile, scratch, check);
   } else {
     if (ntk)
-      run_tile<true>(job, tile, scratch);
+      run_tile<true>(job, tile, scratch, check);
     else
-      run_tile<false>(job, tile, scratch);
+      run_tile<false>(job, tile, scratch, check);
   }
 }
 
@@ -305,7 +309,9 @@ void gram(const ProgramView& prog, const double* x1, Index n1, const double* x2,
         scratch.t = std::make_unique<T[]>(shape.cols);
         return scratch;
       },
-      [&](Index k, Scratch<T>& scratch, StopCheck&) { dispatch_tile(ntk != nullptr, walk, tiles[k], scratch); });
+      [&](Index k, Scratch<T>& scratch, StopCheck& check) {
+        dispatch_tile(ntk != nullptr, walk, tiles[k], scratch, check);
+      });
 
   if (symmetric) write_exact_diagonal(job, p1);
 }
