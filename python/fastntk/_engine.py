@@ -223,7 +223,7 @@ def diagonal(prog, a, layers=None):
     nngp, ntk = _core.ntk_diag(prog, a, n_threads=get_num_threads())
     if not (all_finite(nngp) and all_finite(ntk)):
         bad = np.flatnonzero(~(np.isfinite(nngp) & np.isfinite(ntk)))[0]
-        raise _non_finite_error(prog, a, None, int(bad), int(bad), layers, "diagonal")
+        raise _non_finite_error(prog, a, None, int(bad), int(bad), layers, "kernel diagonal")
     return nngp, ntk
 
 
@@ -240,7 +240,7 @@ def check_kernels(prog, a1, a2, outs: dict, layers=None) -> None:
             continue
         index = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
         i, j = index[-2], index[-1]
-        raise _non_finite_error(prog, a1, a2, i, j, layers, name)
+        raise _non_finite_error(prog, a1, a2, i, j, layers, f"{name} kernel")
 
 
 def _first_bad_op(prog, b1, b2):
@@ -271,8 +271,8 @@ def _non_finite_error(prog, a1, a2, i: int, j: int, layers, what: str) -> Floati
         if op is not None:
             where = who
             break
-    entry = f"entry {(i, j)}" if what != "diagonal" else f"entry {i}"
-    head = f"fastntk: the {what} kernel is not finite (NaN or Inf) at {entry}"
+    entry = f"entry {i}" if what == "kernel diagonal" else f"entry {(i, j)}"
+    head = f"fastntk: the {what} is not finite (NaN or Inf) at {entry}"
     advice = (
         "The variances grow from layer to layer until they overflow float64: use a smaller W_std "
         "(for Relu, W_std^2 > 2 multiplies the variance by W_std^2 / 2 per layer) or b_std, fewer "

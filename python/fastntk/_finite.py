@@ -148,9 +148,10 @@ def forward(net, params, x, keep: bool):
     return np.ascontiguousarray(h), inputs, derivs
 
 
-def first_non_finite_layer(net, params, x) -> tuple[int, int] | None:
+def first_non_finite_layer(net, params, x, squares: bool = False) -> tuple[int, int] | None:
     """(layer, row) of the first layer whose outputs are not finite for one of the rows of
-    x (run again layer by layer), or None."""
+    x (run again layer by layer), or None. With ``squares``, a layer whose outputs are
+    finite but whose squared norms (what the kernels sum) overflow counts too."""
     h = x
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for k, layer in enumerate(net.layers):
@@ -162,26 +163,35 @@ def first_non_finite_layer(net, params, x) -> tuple[int, int] | None:
                     h = h + c_b * b
             elif isinstance(layer, Activation):
                 h = layer.fn(h)
-            bad = ~np.isfinite(h).all(axis=1)
+            bad = ~np.isfinite(np.einsum("ij,ij->i", h, h)) if squares else ~np.isfinite(h).all(axis=1)
             if bad.any():
                 return k, int(np.argmax(bad))
     return None
 
 
-def non_finite_error(net, params, a, what: str) -> FloatingPointError:
-    """The error for a finite network whose ``what`` is not finite on the inputs ``a``."""
-    found = first_non_finite_layer(net, params, a)
-    advice = "the outputs overflow float64: scale the inputs or the parameters down"
+def non_finite_error(net, params, inputs: dict, what: str, squares: bool = False) -> FloatingPointError:
+    """The error for a finite network whose ``what`` is not finite on ``inputs`` ({name:
+    (N, d) array}; ``squares``: ``what`` is a kernel, which sums products of the signals)."""
+    found = None
+    for name, a in inputs.items():
+        if a is not None and found is None:
+            found = first_non_finite_layer(net, params, a, squares)
+            where = name
+    advice = "scale the inputs or the parameters down (a smaller W_std, fewer layers)"
     if found is None:
-        return FloatingPointError(f"fastntk: the {what} is not finite (NaN or Inf): {advice}")
+        return FloatingPointError(
+            f"fastntk: the {what} is not finite (NaN or Inf): it overflows float64; {advice}"
+        )
     layer, row = found
+    signal = "the squared norm of the signal" if squares else "the signal"
     return FloatingPointError(
-        f"fastntk: the {what} is not finite (NaN or Inf): for row {row} of the inputs the network's "
-        f"signal stops being finite at layer {layer} ({net.layers[layer]!r}); {advice}"
+        f"fastntk: the {what} is not finite (NaN or Inf): for row {row} of {where} {signal} overflows "
+        f"float64 at layer {layer} ({net.layers[layer]!r}); {advice}"
     )
 
 
-def check_outputs(net, params, a, f, what: str = "network's output") -> None:
-    """FloatingPointError naming the layer unless every entry of f (computed from a) is finite."""
+def check_outputs(net, params, x, f) -> None:
+    """FloatingPointError naming the layer unless every entry of the outputs f (of the
+    inputs x) is finite."""
     if not all_finite(f):
-        raise non_finite_error(net, params, a, what)
+        raise non_finite_error(net, params, {"x": x}, "network's output")

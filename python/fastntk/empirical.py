@@ -48,6 +48,7 @@ from . import _arrays, _engine
 from ._args import all_finite, kernel_tuple, parse_get
 from ._finite import (
     check_input,
+    check_outputs,
     check_params,
     check_widths,
     forward,
@@ -289,8 +290,8 @@ def _check_kernels(net, params, a1, a2, outs: dict) -> None:
     in outs is finite (one summing pass each)."""
     for name, out in outs.items():
         if not all_finite(out):
-            a = a1 if a2 is None else np.concatenate([a1, a2])
-            raise non_finite_error(net, params, a, f"empirical {name.upper()}")
+            inputs = {"x1": a1, "x2": a2}
+            raise non_finite_error(net, params, inputs, f"empirical {name.upper()}", squares=True)
 
 
 def apply(net, params, x) -> np.ndarray:
@@ -299,8 +300,7 @@ def apply(net, params, x) -> np.ndarray:
     a = check_input(x, "x", input_dim)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, with its layer
         f = forward(net, checked, a, keep=False)[0]
-    if not all_finite(f):
-        raise non_finite_error(net, checked, a, "network's output")
+    check_outputs(net, checked, a, f)
     return f
 
 
