@@ -529,8 +529,10 @@ def test_closed_stdout_ends_quietly(tmp_path, args):
     """The reader of stdout is gone before the command writes (`fastntk ... | head -0`): no
     traceback, no 'Exception ignored', status 141 (128 + SIGPIPE) as a shell reports it."""
     extra = ["--out", tmp_path] if args[0] == "run" else []
+    # Block-buffered stdout (a pipe, without PYTHONUNBUFFERED): the write comes at the end.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.Popen([sys.executable, "-m", "fastntk", *map(str, args + extra)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     proc.stdout.close()
     with proc.stderr:
         err = proc.stderr.read()
