@@ -70,6 +70,19 @@ def test_mlp_layers_widths_and_standard_parameterization(rng):
     got = net.kernel(x)
     np.testing.assert_allclose(got.nngp, want[0], rtol=1e-12)
     np.testing.assert_allclose(got.ntk, want[1], rtol=1e-12)
+    # One width per hidden layer (the standard parameterization's NTK depends on them).
+    net = nt.mlp("relu", 3, width=(5, 4, 3), n_out=2, parameterization="standard")
+    assert [layer.out_dim for layer in net.layers[::2]] == [5, 4, 3, 2]
+    relu = DOCUMENTED["relu"][0]
+    spec = []
+    for w in (5, 4, 3):
+        spec += [
+            ("dense", dict(W_std=math.sqrt(2), b_std=0.05, parameterization="standard", out_dim=w)),
+            relu,
+        ]
+    spec.append(("dense", dict(W_std=math.sqrt(2), b_std=0.05, parameterization="standard", out_dim=2)))
+    want = ntk_gram_ref(spec, x)
+    np.testing.assert_allclose(net.kernel(x).ntk, want[1], rtol=1e-12)
     # depth 0: one Dense layer; a layer instance with its W_std.
     assert [type(layer).__name__ for layer in nt.mlp("relu", 0).layers] == ["Dense"]
     leaky = nt.LeakyRelu(0.3)
@@ -87,6 +100,8 @@ def test_mlp_layers_widths_and_standard_parameterization(rng):
         (dict(depth=2.0), ValueError, "mlp: depth must be an integer >= 0"),
         (dict(W_std=-1.0), ValueError, "W_std"),
         (dict(width=0), ValueError, "out_dim"),
+        (dict(width=(4, 4, 4)), ValueError, "mlp: width has 3 entries for depth 2"),
+        (dict(width="wide"), ValueError, "mlp: width must be None, an integer"),
         (dict(parameterization="nt"), ValueError, "parameterization"),
     ],
 )

@@ -94,10 +94,10 @@ def mlp(
         the pre-activation variance of order one through deep networks).
     b_std : float >= 0 or None
         Bias standard deviation (None: no bias). Default 0.05.
-    width : int >= 1, optional
-        Width of the hidden layers. The infinite-width kernels in the ntk parameterization do
-        not depend on it; finite networks (``init``, ``apply``, ``empirical_ntk``,
-        ``train_mse``) and the standard parameterization need it.
+    width : int >= 1 or sequence of ``depth`` of them, optional
+        Width of the hidden layers (one for all, or one per hidden layer). The infinite-width
+        kernels in the ntk parameterization do not depend on it; finite networks (``init``,
+        ``apply``, ``empirical_ntk``, ``train_mse``) and the standard parameterization need it.
     n_out : int >= 1, optional
         Number of outputs (the last Dense layer's out_dim); finite networks need it.
     parameterization : {'ntk', 'standard'}
@@ -120,8 +120,22 @@ def mlp(
         if not isinstance(activation, str):
             raise ValueError(f"mlp: give W_std for the activation layer {activation!r} (no default for it)")
         W_std = default_W_std(activation)
-    # Dense checks W_std, b_std, width, n_out and parameterization, naming each.
+    widths = _widths(width, depth)
+    # Dense checks W_std, b_std, the widths, n_out and parameterization, naming each.
     layers = []
-    for _ in range(depth):
-        layers += [Dense(width, W_std, b_std, parameterization), layer]
+    for w in widths:
+        layers += [Dense(w, W_std, b_std, parameterization), layer]
     return serial(*layers, Dense(n_out, W_std, b_std, parameterization))
+
+
+def _widths(width, depth: int) -> list:
+    """The hidden layers' widths: ``width`` repeated, or its ``depth`` entries."""
+    if width is None or isinstance(width, numbers.Integral):
+        return [width] * depth
+    if isinstance(width, (str, bytes)) or not hasattr(width, "__len__"):
+        raise ValueError(
+            f"mlp: width must be None, an integer >= 1 or a sequence of {depth} of them, got {width!r}"
+        )
+    if len(width) != depth:
+        raise ValueError(f"mlp: width has {len(width)} entries for depth {depth}; give one per hidden layer")
+    return list(width)
