@@ -54,10 +54,8 @@ def _inputs(rng, n=6, d=5):
 
 
 def _mlp(act, widths, n_out, W_std, b_std, parameterization="ntk"):
-    layers = []
-    for w in widths:
-        layers += [nt.Dense(w, W_std, b_std, parameterization), act]
-    return nt.serial(*layers, nt.Dense(n_out, W_std, b_std, parameterization))
+    return nt.mlp(act, len(widths), W_std=W_std, b_std=b_std, width=widths, n_out=n_out,
+                  parameterization=parameterization)  # fmt: skip
 
 
 def _per_network(net, x1, x2, S, seed, trace_axes):

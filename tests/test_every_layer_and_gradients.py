@@ -13,10 +13,11 @@ from specs import ACTIVATION_SPECS, RANDOM_ACTIVATIONS, random_spec, to_fastntk
 
 
 def _mlp(act, depth, W_std, b_std, parameterization="ntk", widths=None):
-    layers = [nt.Dense(None if widths is None else widths[0], W_std, b_std, parameterization)]
-    for k in range(depth):
-        layers += [act(), nt.Dense(None if widths is None else widths[k + 1], W_std, b_std, parameterization)]
-    return nt.serial(*layers)
+    """depth x [Dense, act()], Dense; widths: the depth + 1 Dense layers' out_dims."""
+    width, n_out = (None, None) if widths is None else (widths[:-1], widths[-1])
+    return nt.mlp(
+        act(), depth, W_std=W_std, b_std=b_std, width=width, n_out=n_out, parameterization=parameterization
+    )
 
 
 @pytest.mark.parametrize("seed", range(8))

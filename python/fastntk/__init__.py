@@ -1,10 +1,12 @@
 """fastntk: exact infinite-width NNGP and neural tangent kernels, fast.
 
-Build a network from layers with :func:`serial` and evaluate its kernels::
+Build a network from layers with :func:`serial` (or an MLP by name with :func:`mlp`) and
+evaluate its kernels::
 
     import numpy as np, fastntk as nt
     net = nt.serial(nt.Dense(512), nt.Relu(), nt.Dense(1))
     k = net.kernel(np.random.randn(100, 10))      # k.nngp, k.ntk: (100, 100) float64
+    net = nt.mlp("relu", depth=3, width=512, n_out=1)  # 3 x [Dense, Relu], Dense; W_std sqrt(2)
 """
 
 __version__ = "0.1.0"
@@ -48,6 +50,7 @@ _load_blas()
 
 from . import _engine  # noqa: E402  (isort: skip)  the native module, loaded after the BLAS
 from ._engine import get_num_threads, set_num_threads  # noqa: E402
+from .architectures import mlp  # noqa: E402
 from .empirical import monte_carlo_kernel  # noqa: E402
 from .interop import from_torch  # noqa: E402
 from .layers import (  # noqa: E402
@@ -113,6 +116,7 @@ __all__ = [
     "get_num_threads",
     "has_cuda",
     "linearize",
+    "mlp",
     "monte_carlo_kernel",
     "predict",
     "serial",

@@ -10,23 +10,14 @@ from __future__ import annotations
 
 import numbers
 
+from . import architectures
 from ._args import real_number
-from .layers import Abs, Activation, Cos, Dense, Erf, Gelu, Identity, Rbf, Relu, Sign, Sin
-from .network import Network, serial
+from .architectures import activation_layer
+from .network import Network
 
-# Activation names the estimators and GP kernels take as strings (any fastntk Activation
-# instance, e.g. LeakyRelu(0.1), is accepted too). 'identity' gives a deep linear network.
-ACTIVATIONS = {
-    "relu": Relu,
-    "erf": Erf,
-    "gelu": Gelu,
-    "abs": Abs,
-    "sign": Sign,
-    "sin": Sin,
-    "cos": Cos,
-    "rbf": Rbf,
-    "identity": Identity,
-}
+# Activation names the estimators and GP kernels take as strings: the one table of
+# fastntk.architectures (any fastntk Activation instance, e.g. LeakyRelu(0.3), is accepted too).
+# 'identity' gives a deep linear network.
 
 
 # ---------------------------------------------------------------------------------------
@@ -68,14 +59,7 @@ def check_depths(owner: str, depth, *, allow_sequence: bool) -> list:
 
 def check_activation(owner: str, activation):
     """A fresh fastntk layer for ``activation`` (a name in ACTIVATIONS or an Activation)."""
-    if isinstance(activation, (Activation, Identity)):
-        return activation
-    if isinstance(activation, str) and activation.lower() in ACTIVATIONS:
-        return ACTIVATIONS[activation.lower()]()
-    raise ValueError(
-        f"{owner}: activation must be one of {sorted(ACTIVATIONS)} or a fastntk activation layer "
-        f"(e.g. fastntk.LeakyRelu(0.1)), got {activation!r}"
-    )
+    return activation_layer(activation, f"{owner}: activation")
 
 
 def check_architecture(owner: str, *, depth, activation, W_std, b_std, parameterization="ntk", width=None,
@@ -111,8 +95,5 @@ def mlp(arch: dict, depth: int) -> Network:
     ``2 l`` of the network of depth L is the last layer of the network of depth l <= L, so
     one pass of the deepest network gives every shallower one (see kernels_by_depth).
     """
-    W, b, param, width = arch["W_std"], arch["b_std"], arch["parameterization"], arch["width"]
-    layers = [Dense(width if depth > 0 else None, W, b, param)]
-    for k in range(depth):
-        layers += [arch["act"], Dense(width if k < depth - 1 else None, W, b, param)]
-    return serial(*layers)
+    return architectures.mlp(arch["act"], depth, W_std=arch["W_std"], b_std=arch["b_std"], width=arch["width"],
+                             parameterization=arch["parameterization"])  # fmt: skip

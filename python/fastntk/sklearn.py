@@ -148,8 +148,9 @@ _ESTIMATOR_PARAMETERS = """
         is that of the converged predictor whatever ``t``. A sweep holds one N x N kernel
         per candidate and factors each (O(N^3) per candidate).
     activation : str or fastntk activation layer, default='relu'
-        One of 'relu', 'erf', 'gelu', 'abs', 'sign', 'sin', 'cos', 'rbf', 'identity' (a deep
-        linear network), or a layer such as ``fastntk.LeakyRelu(0.1)``.
+        One of 'relu', 'leaky_relu' (slope 0.1), 'erf', 'gelu', 'abs', 'sign', 'sin', 'cos',
+        'rbf', 'identity' (a deep linear network) (``fastntk.architectures.ACTIVATIONS``), or
+        a layer such as ``fastntk.LeakyRelu(0.3)``.
     W_std : float, default=sqrt(2)
         Weight standard deviation of every Dense layer, > 0. The default is He's for ReLU:
         it keeps each point's variance constant through the layers.
