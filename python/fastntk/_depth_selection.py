@@ -11,6 +11,7 @@ import numpy as np
 import scipy.linalg
 
 from . import _engine
+from ._predict_linalg import cholesky
 from ._sklearn_arch import mlp
 
 
@@ -59,17 +60,12 @@ def loo_residuals(k: np.ndarray, y: np.ndarray, ridge: float):
     """
     n = k.shape[0]
     a = k + ridge * np.eye(n)
-    try:
-        c, lower = scipy.linalg.cho_factor(a, lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
+    # Refused when A is singular to working precision (LAPACK's condition estimate at or
+    # below N eps): the residuals would then be noise.
+    factor, _ = cholesky(a, n * np.finfo(np.float64).eps, lower=True)
+    if factor is None:
         return None
-    # Cholesky can succeed on a matrix that is singular to working precision (round-off
-    # makes the last pivots tiny but positive); the residuals would then be noise. LAPACK's
-    # reciprocal condition estimate tells: at or below N eps the inverse is meaningless.
-    anorm = np.linalg.norm(a, 1)
-    rcond, info = scipy.linalg.lapack.dpocon(c, anorm, uplo="L")
-    if info != 0 or not rcond > n * np.finfo(np.float64).eps:
-        return None
+    c, lower = factor
     alpha = scipy.linalg.cho_solve((c, lower), y, check_finite=False)
     # diag(A^-1) = diag(L^-T L^-1): the column sums of squares of L^-1. The triangular inverse
     # (LAPACK trtri, N^3/3 flops) is all it needs; the full inverse (potri) would cost twice that.
