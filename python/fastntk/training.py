@@ -37,8 +37,8 @@ analytic one (for one output, where the empirical NTK is a scalar kernel).
 How the derivatives are computed
 --------------------------------
 Layer by layer, without Jacobians (which would take O(N n_out P) memory for P parameters).
-The forward pass is :mod:`fastntk.empirical`'s: it keeps each Dense layer's input ``h`` and
-each activation's derivative ``phi'(z)``. For a Dense layer ``z = c_W h @ W + c_b b``:
+The forward pass (:mod:`fastntk._finite`) keeps each Dense layer's input ``h`` and each
+activation's derivative ``phi'(z)``. For a Dense layer ``z = c_W h @ W + c_b b``:
 
 - reverse mode (:func:`vjp`, the gradient of ``<g, f>`` for a cotangent ``g`` of the
   outputs' shape): with ``delta = d<g, f>/dz`` at the layer's output, the parameter gradients
@@ -537,13 +537,8 @@ def train_mse(
     records = _Records(problem, model)
     state = model.initial_state()
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported
-        if discrete:
-            state, n_grad = _steps(
-                model, state, problem.y, problem.n, problem.lr, problem.times, records.record
-            )
-        else:
-            state, n_grad = _flow(model, state, problem.y, problem.n, problem.lr, problem.times, records.record,
-                                  problem.method, problem.rtol, problem.atol)  # fmt: skip
+        run = _steps if discrete else _flow
+        state, n_grad = run(model, state, problem, records.record)
     return records.result(_copy(model.params(state)), n_grad)
 
 
@@ -662,8 +657,9 @@ class _Records:
         )
 
 
-def _steps(model, state, y, n, lr, steps, record):
-    """Gradient-descent steps up to steps[-1], recording at each of the (sorted) steps."""
+def _steps(model, state, problem: _Problem, record):
+    """Gradient-descent steps up to the last of problem.times, recording at each of them."""
+    y, n, lr, steps = problem.y, problem.n, problem.lr, problem.times
     k, i = 0, 0
     last = int(steps[-1])
     n_grad = 0
@@ -683,9 +679,12 @@ def _steps(model, state, y, n, lr, steps, record):
         k += 1
 
 
-def _flow(model, state, y, n, lr, taus_t, record, method, rtol, atol):
-    """The gradient flow in tau = lr t, integrated by SciPy, recorded at the (sorted) times."""
+def _flow(model, state, problem: _Problem, record):
+    """The gradient flow in tau = lr t, integrated by SciPy, recorded at problem.times."""
     from scipy import integrate
+
+    y, n, lr, taus_t = problem.y, problem.n, problem.lr, problem.times
+    method, rtol, atol = problem.method, problem.rtol, problem.atol
 
     like = state
     v0 = _flatten(state)
