@@ -97,10 +97,8 @@ def check_finite(a, name: str, xp=np) -> None:
     finite: ``"x1 has a non-finite value (NaN or Inf) in row 6 (first at index (6, 2))"``."""
     if all_finite(a, xp):
         return
-    bad = ~xp.isfinite(a)
-    if xp is not np:
-        bad = bad.get()
-    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    first = int(xp.argmax(~xp.isfinite(a).ravel()))  # one mask, not a list of every bad index
+    index = tuple(int(i) for i in np.unravel_index(first, a.shape))
     if len(index) >= 2:
         where = f" in row {index[0]} (first at index {index})"
     else:

@@ -239,8 +239,8 @@ def check_kernels(prog, a1, a2, outs: dict, layers=None) -> None:
     for name, out in outs.items():
         if out is None or _all_finite_kernel(out, symmetric=a2 is None):
             continue
-        index = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
-        i, j = index[-2], index[-1]
+        index = np.unravel_index(int(np.argmax(~np.isfinite(out).ravel())), out.shape)
+        i, j = int(index[-2]), int(index[-1])
         raise _non_finite_error(prog, a1, a2, i, j, layers, f"{name} kernel")
 
 
@@ -271,7 +271,10 @@ def _non_finite_error(prog, a1, a2, i: int, j: int, layers, what: str) -> Floati
     pair (each point with itself first: overflow usually starts in a variance) first
     stopped being finite."""
     rows2 = a1 if a2 is None else a2
-    where = f"row {i} of x1" if i == j and a2 is None else f"the pair (row {i} of x1, row {j} of x2)"
+    if a2 is None:
+        where = f"row {i} of x1" if i == j else f"the pair (rows {i} and {j} of x1)"
+    else:
+        where = f"the pair (row {i} of x1, row {j} of x2)"
     op = None
     for b1, b2, who in (
         (a1[i : i + 1], None, f"row {i} of x1"),
