@@ -15,9 +15,10 @@ __version__ = "0.1.0"
 def _load_blas() -> None:
     """Load fastntk's own OpenBLAS (the scipy-openblas32 package) before the native module.
 
-    The native module (fastntk._core, imported by fastntk._engine alone) links against libscipy_openblas.so; importing the package loads that library
-    and the dynamic loader then resolves its dependency by its soname, wherever
-    the two were installed. The copy is private to fastntk (NumPy and SciPy carry
+    The native module (imported by fastntk._engine alone) links against
+    libscipy_openblas.so; importing the package loads that library and the dynamic
+    loader then resolves the module's dependency by its soname, wherever the two were
+    installed. The copy is private to fastntk (NumPy and SciPy carry
     their own), so it is configured here, at load time, where OpenBLAS reads its
     environment:
     - kernels: OpenBLAS's own CPU detection, or FASTNTK_BLAS_CORETYPE (e.g. Haswell,
