@@ -13,6 +13,7 @@ matrices are ill-conditioned and ridgeless solves need it).
 
 from __future__ import annotations
 
+import atexit
 import math
 import numbers
 import threading
@@ -120,7 +121,7 @@ def kernel_matrix(xp, k, name: str):
                 f"{limit:.3g}"
             )
         if asym > 0:
-            # Exact symmetry afterwards, so that Cholesky (upper triangle) and eigh (lower)
+            # Exact symmetry afterwards, so that Cholesky and eigh (each reads one triangle)
             # see the same matrix: both mirrors become the mean.
             mean = k[i:j, i:] - 0.5 * d
             k[i:j, i:] = mean
@@ -281,17 +282,23 @@ def cholesky(a: np.ndarray, rcond_floor: float, *, lower: bool = False):
     amplified by ~1/eps. LAPACK's 1-norm reciprocal condition estimate (``dpocon``, O(N^2)
     given the factor) catches that: at or below ``rcond_floor`` the factor is refused.
 
+    The factorization is NumPy's (LAPACK ``potrf``), which releases the GIL (SciPy's
+    ``cho_factor`` holds it), so that :func:`interruptible` can honour Ctrl-C around it.
+
     Returns
     -------
-    factor : (c, lower) as ``scipy.linalg.cho_solve`` takes it, or None
+    factor : (c, lower) as ``scipy.linalg.cho_solve`` takes it (the other triangle of ``c``
+        is zero), or None
     reason : None, or why the factor was refused (for a warning)
     """
     import scipy.linalg
 
     try:
-        c, lower = scipy.linalg.cho_factor(a, lower=lower, check_finite=False)
+        c = np.linalg.cholesky(a)  # lower: a = c c^T
     except np.linalg.LinAlgError:
         return None, "Cholesky failed (the matrix is not positive definite)"
+    if not lower:
+        c = np.ascontiguousarray(c.T)
     anorm = float(np.abs(a).sum(axis=0).max())
     rcond, info = scipy.linalg.lapack.dpocon(c, anorm, uplo="L" if lower else "U")
     if info != 0 or not rcond > rcond_floor:
@@ -326,10 +333,21 @@ def _cholesky_cupy(xp, a, rcond_floor: float):
     return (low, True), None
 
 
-# LAPACK calls on a matrix of at least this many entries (N >= 1024) run in a worker thread
-# so that Ctrl-C interrupts the wait (see `interruptible`); smaller ones take well under a
-# second and run directly.
-_BACKGROUND_ENTRIES = 1 << 20
+# LAPACK calls on a matrix of at least this many entries (N >= 256) run in a worker thread
+# so that Ctrl-C interrupts the wait (see `interruptible`); for smaller ones the thread's
+# start (~0.1 ms) is not worth it: they take milliseconds.
+_BACKGROUND_ENTRIES = 1 << 16
+
+
+_abandoned: set = set()  # worker threads whose caller was interrupted, still in LAPACK
+
+
+@atexit.register
+def _finish_abandoned() -> None:
+    # An interrupted LAPACK call still runs at exit: wait for it here, before the
+    # interpreter tears down, rather than let it return into a finalizing interpreter.
+    for worker in list(_abandoned):
+        worker.join()
 
 
 def interruptible(fn, entries: int):
@@ -337,10 +355,12 @@ def interruptible(fn, entries: int):
 
     One LAPACK call (a Cholesky or an eigendecomposition of N = 4000 takes seconds to
     minutes) cannot be stopped from outside: a signal is only seen by Python between
-    bytecodes. Run from the main thread, a large call therefore runs in a daemon worker
-    thread while the main thread waits, so that Ctrl-C raises KeyboardInterrupt at once.
+    bytecodes. Run from the main thread, a large call therefore runs in a worker thread
+    while the main thread waits, so that Ctrl-C raises KeyboardInterrupt at once. ``fn``
+    must release the GIL while it computes (NumPy's LAPACK wrappers do; SciPy's do not).
     The abandoned call finishes in the background (its CPU time and memory are released
-    when it ends, its result is discarded); the process stays usable meanwhile.
+    when it ends, its result is discarded): the process stays usable meanwhile, and waits
+    for it at exit.
     """
     if entries < _BACKGROUND_ENTRIES or threading.current_thread() is not threading.main_thread():
         return fn()
@@ -351,10 +371,17 @@ def interruptible(fn, entries: int):
             box["value"] = fn()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = exc
+        finally:
+            _abandoned.discard(threading.current_thread())
 
     worker = threading.Thread(target=work, name="fastntk-lapack", daemon=True)
     worker.start()
-    worker.join()  # interrupted by Ctrl-C (lock waits are, on POSIX)
+    try:
+        worker.join()  # interrupted by Ctrl-C (lock waits are, on POSIX)
+    except BaseException:
+        if worker.is_alive():
+            _abandoned.add(worker)
+        raise
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -392,7 +419,7 @@ class Factorization:
         if self._chol is None:
             rcond_floor = self.n * self.eps  # same scale as the eigenvalue cutoff (see the class doc)
             if is_numpy_namespace(self.xp):
-                factor, reason = interruptible(lambda: cholesky(self.a, rcond_floor), self.a.size)
+                factor, reason = interruptible(lambda: cholesky(self.a, rcond_floor, lower=True), self.a.size)
             else:
                 factor, reason = _cholesky_cupy(self.xp, self.a, rcond_floor)
             self._chol = ("chol", factor) if factor is not None else ("eigen", reason)
@@ -420,10 +447,10 @@ class Factorization:
         if self._eig is not None:
             return self._eig
         xp = self.xp
+        # NumPy's eigh (LAPACK syevd) releases the GIL, so that Ctrl-C can interrupt the wait
+        # for it (SciPy's holds the GIL throughout).
         if is_numpy_namespace(xp):
-            import scipy.linalg
-
-            lam, vecs = interruptible(lambda: scipy.linalg.eigh(self.a, check_finite=False), self.a.size)
+            lam, vecs = interruptible(lambda: np.linalg.eigh(self.a), self.a.size)
         else:
             lam, vecs = xp.linalg.eigh(self.a)
         top = float(xp.abs(lam).max())

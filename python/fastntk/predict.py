@@ -25,6 +25,13 @@ eigendecomposition, and its zero modes do not move at finite times; a
 
 NumPy arrays are computed with NumPy/SciPy (LAPACK), CuPy arrays with CuPy (cuSOLVER/cuBLAS),
 and results come back as the input's kind. Everything is computed in float64.
+
+Ctrl-C: most of the time of a large problem is one LAPACK call (the Cholesky factorization
+or the eigendecomposition of the training kernel), which cannot be stopped once started.
+Called from the main thread, it runs in a worker thread while the caller waits, so that
+Ctrl-C raises KeyboardInterrupt at once; the abandoned call still runs to its end in the
+background (taking CPU meanwhile, and delaying the interpreter's exit until it ends) and its
+result is discarded. The next call works normally.
 """
 
 from __future__ import annotations
@@ -1226,11 +1233,9 @@ def max_learning_rate(
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not math.isfinite(momentum):
         raise ValueError(f"momentum must be a finite real number, got {momentum!r}")
     if _la.is_numpy_namespace(xp):
-        import scipy.linalg
-
-        lam_max = float(
-            scipy.linalg.eigh(k, eigvals_only=True, subset_by_index=[n - 1, n - 1], check_finite=False)[-1]
-        )
+        # NumPy's eigvalsh releases the GIL (Ctrl-C can interrupt the wait, see
+        # _predict_linalg.interruptible); the tridiagonalization dominates either way.
+        lam_max = float(_la.interruptible(lambda: np.linalg.eigvalsh(k), k.size)[-1])
     else:
         lam_max = float(xp.linalg.eigvalsh(k)[-1])
     return 2.0 * (1.0 + float(momentum)) * factor / (lam_max + eps)
