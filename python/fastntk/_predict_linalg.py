@@ -107,6 +107,14 @@ def kernel_matrix(xp, k, name: str):
     # that and far below any genuinely non-symmetric matrix. Checked and symmetrized by row
     # blocks, in place, so that no N x N temporary is needed.
     scale = max(float(k.max()), -float(k.min()))
+    if 0.0 < scale < np.finfo(np.float64).tiny:
+        # Subnormal entries have lost their precision, and the inverse overflows float64:
+        # the solves would return NaN.
+        raise ValueError(
+            f"{name} is too small to solve with: its largest entry |K| = {scale:.3g} is below the "
+            f"smallest normal float64 ({np.finfo(np.float64).tiny:.3g}); scale the kernel up (and "
+            "the test kernels with it)"
+        )
     limit = math.sqrt(eps) * scale
     block = max(1, (1 << 22) // n)  # ~32 MB of float64 per block
     for i in range(0, n, block):

@@ -1043,63 +1043,18 @@ def gradient_descent_mse_ensemble(
         :class:`Gaussian` with the covariance ``t.shape + (M, M)``; one string ``get`` returns
         its result alone, otherwise a named tuple ``Gaussians``.
     """
-    if not callable(kernel_fn) and callable(getattr(kernel_fn, "kernel", None)):
-        kernel_fn = kernel_fn.kernel
-    if not callable(kernel_fn):
-        raise TypeError(
-            f"kernel_fn must be a fastntk network or a callable kernel_fn(x1, x2, get), got {kernel_fn!r}"
-        )
+    kernel_fn = _as_kernel_fn(kernel_fn)
     lr = _la.positive_real(learning_rate, "learning_rate")
     diag_reg = _la.positive_real(diag_reg, "diag_reg", allow_zero=True)
     y_shape = tuple(getattr(y_train, "shape", np.shape(y_train)))
     if len(y_shape) not in (1, 2):
         raise ValueError(f"y_train must have shape (N,) or (N, n_out), got shape {y_shape}")
     _la.check_trace_axes(trace_axes, len(y_shape))
-    n_train = y_shape[0]
-    absolute = bool(diag_reg_absolute_scale)
-
-    state = {"xp": None, "y": None, "flat": None}
-    k_dd = {}  # g -> (float64 (N, N), eps)
-    facs = {}
 
     def call(x1, x2, names):
-        res = kernel_fn(x1, x2, names, **kernel_fn_kwargs)
-        if _is_array(res):
-            if len(names) != 1:
-                raise TypeError(
-                    f"kernel_fn returned one array for the kernels {names}; expected an object with "
-                    ".nngp and .ntk (or a dict)"
-                )
-            return {names[0]: res}
-        return {g: _part(res, g, "kernel_fn's result") for g in names}
+        return _call_kernel_fn(kernel_fn, kernel_fn_kwargs, x1, x2, names)
 
-    def train_kernels(names):
-        missing = tuple(g for g in names if g not in k_dd)
-        if missing:
-            res = call(x_train, None, missing)
-            for g in missing:
-                xp = _la.namespace(res[g], y_train)
-                k, eps = _la.kernel_matrix(xp, res[g], f"kernel_fn(x_train, None).{g}")
-                if k.shape[0] != n_train:
-                    raise ValueError(
-                        f"kernel_fn(x_train, None).{g} has shape {tuple(k.shape)} but y_train has shape "
-                        f"{y_shape}: they must have the same number of training points"
-                    )
-                k_dd[g] = (k, eps)
-                if state["xp"] is None:
-                    state["xp"] = xp
-                    state["y"], state["flat"] = _la.targets(
-                        xp, y_train, n_train, f"kernel_fn(x_train, None).{g}"
-                    )
-        return {g: k_dd[g][0] for g in names}
-
-    def fac(g):
-        if g not in facs:
-            k, eps = k_dd[g]
-            facs[g] = _la.regularized(
-                state["xp"], k, eps, diag_reg, absolute, f"kernel_fn(x_train, None).{g}"
-            )
-        return facs[g]
+    train = _EnsembleTraining(call, x_train, y_train, y_shape, diag_reg, bool(diag_reg_absolute_scale))
 
     def predict_fn(t=None, x_test=None, get=None, compute_cov=False):
         names, single = parse_get(get, _GET_NAMES, what="mode")
@@ -1107,20 +1062,14 @@ def gradient_descent_mse_ensemble(
         tau = shape = None
         if t is not None:
             tau, shape = _la.times(t)
-        kdd = train_kernels(deps)
-        xp, y, flat = state["xp"], state["y"], state["flat"]
+        kdd = train.kernels(deps)
+        xp, y, flat = train.xp, train.y, train.flat
         k_td = k_tt = None
         if x_test is not None:
-            res = call(x_test, x_train, deps)
-            k_td = {g: _la.cross_kernel(xp, res[g], f"kernel_fn(x_test, x_train).{g}", n_train) for g in deps}
-            if compute_cov:
-                m = k_td[deps[0]].shape[0]
-                k_tt = _la.square_kernel(
-                    xp, call(x_test, None, ("nngp",))["nngp"], "kernel_fn(x_test, None).nngp", m, "x_test"
-                )
+            k_td, k_tt = _ensemble_test_kernels(call, xp, x_test, x_train, deps, compute_cov, train.n_train)
         out = {}
         for g in names:
-            f = fac(g)
+            f = train.factorization(g)
             if t is None:
                 # Both modes start from the NNGP covariance (only the NTK mode trains all layers).
                 td = td_init = None
@@ -1140,6 +1089,89 @@ def gradient_descent_mse_ensemble(
         return _pack(out, single)
 
     return predict_fn
+
+
+def _as_kernel_fn(kernel_fn):
+    """A fastntk network's ``.kernel``, or the callable itself."""
+    if not callable(kernel_fn) and callable(getattr(kernel_fn, "kernel", None)):
+        kernel_fn = kernel_fn.kernel
+    if not callable(kernel_fn):
+        raise TypeError(
+            f"kernel_fn must be a fastntk network or a callable kernel_fn(x1, x2, get), got {kernel_fn!r}"
+        )
+    return kernel_fn
+
+
+def _call_kernel_fn(kernel_fn, kwargs: dict, x1, x2, names: tuple) -> dict:
+    """``{name: kernel}`` from ``kernel_fn(x1, x2, names, **kwargs)``, whatever it returns
+    (an object with the kernels as attributes, a dict, or one array for one name)."""
+    res = kernel_fn(x1, x2, names, **kwargs)
+    if _is_array(res):
+        if len(names) != 1:
+            raise TypeError(
+                f"kernel_fn returned one array for the kernels {names}; expected an object with "
+                ".nngp and .ntk (or a dict)"
+            )
+        return {names[0]: res}
+    return {g: _part(res, g, "kernel_fn's result") for g in names}
+
+
+class _EnsembleTraining:
+    """The training side of :func:`gradient_descent_mse_ensemble`: the training kernels,
+    computed when first needed (``kernels``), and their factorizations (``factorization``).
+    The array namespace and the checked targets come with the first kernel."""
+
+    def __init__(self, call, x_train, y_train, y_shape, diag_reg: float, absolute: bool):
+        self.call = call
+        self.x_train = x_train
+        self.y_train = y_train
+        self.y_shape = y_shape
+        self.n_train = y_shape[0]
+        self.diag_reg = diag_reg
+        self.absolute = absolute
+        self.xp = self.y = self.flat = None
+        self._k = {}  # g -> (float64 (N, N), eps)
+        self._facs = {}
+
+    def kernels(self, names) -> dict:
+        missing = tuple(g for g in names if g not in self._k)
+        if missing:
+            res = self.call(self.x_train, None, missing)
+            for g in missing:
+                name = f"kernel_fn(x_train, None).{g}"
+                xp = _la.namespace(res[g], self.y_train)
+                k, eps = _la.kernel_matrix(xp, res[g], name)
+                if k.shape[0] != self.n_train:
+                    raise ValueError(
+                        f"{name} has shape {tuple(k.shape)} but y_train has shape {self.y_shape}: they "
+                        "must have the same number of training points"
+                    )
+                self._k[g] = (k, eps)
+                if self.xp is None:
+                    self.xp = xp
+                    self.y, self.flat = _la.targets(xp, self.y_train, self.n_train, name)
+        return {g: self._k[g][0] for g in names}
+
+    def factorization(self, g):
+        if g not in self._facs:
+            k, eps = self._k[g]
+            name = f"kernel_fn(x_train, None).{g}"
+            self._facs[g] = _la.regularized(self.xp, k, eps, self.diag_reg, self.absolute, name)
+        return self._facs[g]
+
+
+def _ensemble_test_kernels(call, xp, x_test, x_train, deps, compute_cov: bool, n_train: int):
+    """The test-train kernels {g: (M, N)} of the modes ``deps`` and, with ``compute_cov``,
+    the test-test NNGP (M, M), checked."""
+    res = call(x_test, x_train, deps)
+    k_td = {g: _la.cross_kernel(xp, res[g], f"kernel_fn(x_test, x_train).{g}", n_train) for g in deps}
+    k_tt = None
+    if compute_cov:
+        m = k_td[deps[0]].shape[0]
+        k_tt = _la.square_kernel(
+            xp, call(x_test, None, ("nngp",))["nngp"], "kernel_fn(x_test, None).nngp", m, "x_test"
+        )
+    return k_td, k_tt
 
 
 def _ensemble_finite(xp, g, fac, y, tau, kdd, k_td, k_tt, compute_cov):
