@@ -7,7 +7,7 @@
 // pair loop vectorizes (transcendentals through libmvec, vecmath.hpp). Per-point
 // variances are computed once for all tiles, O(N * layers). Extra memory: one tile
 // per thread plus the per-point tables.
-#include "vecmath.hpp"  // must precede <cmath> users: gives acos & co. their SIMD variants
+#include "row_walk.hpp"  // must precede <cmath> users (vecmath.hpp)
 
 #include "ntk_gram_cpu.hpp"
 
@@ -24,9 +24,8 @@
 #include <vector>
 
 #include "blas.hpp"
-#include "fastntk/activations.hpp"
 #include "fastntk/dual.hpp"
-#include "fastntk/recursion.hpp"
+#include "fastntk/walk_impl.hpp"
 #include "tile_loop.hpp"
 
 namespace fastntk::cpu {
@@ -68,7 +67,6 @@ struct Job {
 template <class T>
 Points<T> point_pass(const Job<T>& job, const double* x, Index n, int threads, const char* name) {
   const ProgramView& prog = job.prog;
-  constexpr int P = DualSize<T>::value;
   Points<T> pts;
   pts.n = n;
   pts.table.assign(static_cast<std::size_t>(4 * prog.n_activations) * n, T(0.0));
@@ -81,8 +79,8 @@ Points<T> point_pass(const Job<T>& job, const double* x, Index n, int threads, c
   for (Index i = 0; i < n; ++i) {
     const double* row = x + i * d;
     const double q0 = blas::dot(static_cast<int>(d), row, row) * inv_d;
-    if (!std::isfinite(q0) || point_recursion<T>(prog, job.seeds, 3 * P, q0, pts.table.data(), n, i, job.capture,
-                                                 job.capture_end, pts.q.data(), pts.t.data()) >= 0)
+    if (!std::isfinite(q0) || point_walk<T>(prog, job.seeds, q0, pts.table.data(), n, i, job.capture, job.capture_end,
+                                            pts.q.data(), pts.t.data()) >= 0)
       first_bad = std::min(first_bad, i);
   }
   if (first_bad < n) {
@@ -93,57 +91,18 @@ Points<T> point_pass(const Job<T>& job, const double* x, Index n, int threads, c
       throw std::invalid_argument(where +
                                   ": its squared norm overflows float64 (|x|^2 > 1.8e308); scale the "
                                   "inputs down");
-    // A Gaussian(b > 0) layer diverges: rerun the point in double to name the layer and q.
-    std::vector<double> table(4 * prog.n_activations), q(1), t(1);
-    const Op& op =
-        prog.ops[point_recursion<double>(prog, nullptr, 0, q0, table.data(), 1, 0, nullptr, 0, q.data(), t.data())];
-    double qv = q0, tv = 0.0;  // the variance reaching that op
-    for (int k = 0; &prog.ops[k] != &op; ++k) {
-      if (prog.ops[k].kind == OpKind::Dense) {
-        dense_pair<true>(prog.ops[k], qv, tv);
-      } else {
-        double f, dot;
-        activation_diag(prog.ops[k], prog.coef, qv, f, dot);
-        qv = f;
-      }
-    }
-    throw std::invalid_argument("Gaussian(b=" + std::to_string(op.p[1]) + ") at layer " + std::to_string(op.layer) +
-                                ": " + where + " reaches the variance q=" + std::to_string(qv) +
+    // A Gaussian(b > 0) layer diverges: rerun the point in double to name the layer and
+    // the variance q reaching it.
+    std::vector<double> table(4 * prog.n_activations);
+    PointVisitor<double> replay{prog.coef, nullptr, table.data(), 1, 0, nullptr, nullptr, nullptr, q0, 0.0};
+    const Op& op = prog.ops[walk(prog, replay)];
+    throw std::invalid_argument("Gaussian(b=" + std::to_string(op.gaussian.b) + ") at layer " +
+                                std::to_string(op.layer) + ": " + where +
+                                " reaches the variance q=" + std::to_string(replay.q) +
                                 " before this layer, where E[exp(b u^2)^2] diverges (it needs 4*b*q < 1); scale "
                                 "the inputs down or use b <= 0");
   }
   return pts;
-}
-
-// One activation over a row segment: s[j], t[j] <- pair(x, y_j).
-template <class Map, bool Ntk, class T>
-void activation_row(const Op& op_ref, const double* coef, const StatsT<T> x, const PointTablesT<T>& ty, int a, Index j0,
-                    int n, T* FASTNTK_RESTRICT s, T* FASTNTK_RESTRICT t) {
-  const Op op = op_ref;  // a local copy: its loads are then loop invariant
-  const T* FASTNTK_RESTRICT qy = ty.field(a, 0) + j0;
-  const T* FASTNTK_RESTRICT ay = ty.field(a, 1) + j0;
-  const T* FASTNTK_RESTRICT by = ty.field(a, 2) + j0;
-  const T* FASTNTK_RESTRICT cy = ty.field(a, 3) + j0;
-#pragma omp simd
-  for (int j = 0; j < n; ++j) {
-    const StatsT<T> y{qy[j], ay[j], by[j], cy[j]};
-    T sj = s[j], tj = Ntk ? t[j] : T(0.0);
-    Map::template pair<Ntk>(op, coef, x, y, sj, tj);
-    s[j] = sj;
-    if (Ntk) t[j] = tj;
-  }
-}
-
-template <bool Ntk, class T, class W>
-void dense_row(const Op& op_ref, const DenseParams<W> w, int n, T* FASTNTK_RESTRICT s, T* FASTNTK_RESTRICT t) {
-  const Op op = op_ref;
-#pragma omp simd
-  for (int j = 0; j < n; ++j) {
-    T sj = s[j], tj = Ntk ? t[j] : T(0.0);
-    dense_apply<Ntk>(op, w, sj, tj);
-    s[j] = sj;
-    if (Ntk) t[j] = tj;
-  }
 }
 
 // Writes values (plane 0) and derivatives (planes 1..P) of a row segment.
@@ -171,33 +130,9 @@ void store_captured(const Job<T>& job, int c, Index i, Index j0, int n, const T*
 // captured op the NNGP (s) and NTK (t) are written out.
 template <bool Ntk, class T>
 void run_row(const Job<T>& job, Index i, Index j0, int n, T* s, T* t) {
-  const ProgramView& prog = job.prog;
-  constexpr int P = DualSize<T>::value;
-  if (Ntk) std::fill(t, t + n, T(0.0));
-  int a = 0;
-  for (int k = 0; k < prog.n_ops; ++k) {
-    const Op& op = prog.ops[k];
-    if (op.kind == OpKind::Dense) {
-      if constexpr (P == 0)
-        dense_row<Ntk>(op, dense_params(op), n, s, t);
-      else
-        dense_row<Ntk>(op, dense_params<P>(op, job.seeds + 3 * P * k), n, s, t);
-    } else {
-      const StatsT<T> x = job.t1.at(a, i);
-      switch (op.kind) {
-#define FASTNTK_ROW_CASE(kind, map)                                     \
-  case OpKind::kind:                                                    \
-    activation_row<map, Ntk>(op, prog.coef, x, job.t2, a, j0, n, s, t); \
-    break;
-        FASTNTK_FOR_EACH_ACTIVATION(FASTNTK_ROW_CASE)
-#undef FASTNTK_ROW_CASE
-        default:
-          break;
-      }
-      ++a;
-    }
+  row_walk<Ntk>(job.prog, job.seeds, job.t1, i, job.t2, j0, n, s, t, [&](int k) {
     if (job.capture[k] >= 0) store_captured<Ntk>(job, job.capture[k], i, j0, n, s, t);
-  }
+  });
   if (job.capture_end >= 0) store_captured<Ntk>(job, job.capture_end, i, j0, n, s, t);
 }
 

@@ -32,7 +32,7 @@ struct GramRequest {
   std::vector<int> capture_after;
   // Derivatives along P = n_directions (0 to kMaxDirections) directions in the Dense
   // parameters: seeds[(k * P + p) * 3 + m] is the derivative of parameter m of op k
-  // (m = 0: W^2, 1: b^2, 2: t0, see recursion.hpp) along direction p; entries of non-Dense
+  // (m = 0: W^2, 1: b^2, 2: t0, see walk_impl.hpp) along direction p; entries of non-Dense
   // ops are ignored. Size n_ops * P * 3.
   int n_directions = 0;
   std::vector<double> seeds;

@@ -17,11 +17,9 @@
 // `diag`, which is exact.
 #pragma once
 
-#include <cmath>
-
 #include "fastntk/config.hpp"
 #include "fastntk/dual.hpp"
-#include "fastntk/program.hpp"
+#include "fastntk/op.hpp"
 
 namespace fastntk {
 
@@ -54,14 +52,14 @@ FASTNTK_HD FASTNTK_ALWAYS_INLINE T clamp_unit(T c) {
 // 0: the angle is pi/2, as Neural Tangents fills atan2(0, 0).
 template <class T>
 FASTNTK_HD FASTNTK_ALWAYS_INLINE T inv_sqrt_or_zero(const T& q) {
-  return q > 0.0 ? 1.0 / sqrt(q) : T(0.0);
+  return q > 0.0 ? 1.0 / detail::sqrt(q) : T(0.0);
 }
 
 // sqrt(1 - c^2) as sqrt((1 - c)(1 + c)): 1 - c is exact for c in [1/2, 1], so the
 // sine keeps its relative accuracy for nearly parallel pairs.
 template <class T>
 FASTNTK_HD FASTNTK_ALWAYS_INLINE T sine_of(const T& c) {
-  return sqrt((1.0 - c) * (1.0 + c));
+  return detail::sqrt((1.0 - c) * (1.0 + c));
 }
 
 // Horner evaluation of sum_k p[k] c^k, k = 0..n.
@@ -95,52 +93,52 @@ FASTNTK_HD FASTNTK_ALWAYS_INLINE T ipow(const T& q, int k) {
 
 }  // namespace detail
 
-// a min(x, 0) + b max(x, 0). p = [(a^2 + b^2)/2, (a - b)^2/(2 pi)].
+// a min(x, 0) + b max(x, 0).
 // Stats: a = sqrt(q), b = 1/sqrt(q) (0 at q = 0).
 struct ABReluMap {
   template <class T>
   FASTNTK_HD static StatsT<T> stats(const Op&, const double*, const T& q) {
-    return StatsT<T>{q, sqrt(q), detail::inv_sqrt_or_zero(q), T(0.0)};
+    return StatsT<T>{q, detail::sqrt(q), detail::inv_sqrt_or_zero(q), T(0.0)};
   }
   template <bool Ntk, class T>
   FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const StatsT<T>& x, const StatsT<T>& y,
                                                     T& s, T& t) {
     const T c = detail::clamp_unit(s * x.b * y.b);
-    const T theta = acos(c);
-    const T dot = op.p[0] - op.p[1] * theta;
+    const T theta = detail::acos(c);
+    const T dot = op.abrelu.mean_slope_sq - op.abrelu.kink_sq_over_two_pi * theta;
     const T r = x.a * y.a * detail::sine_of(c);
     if (Ntk) t *= dot;
-    s = op.p[1] * r + dot * s;
+    s = op.abrelu.kink_sq_over_two_pi * r + dot * s;
   }
   template <class T>
   FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
-    f = op.p[0] * q;
+    f = op.abrelu.mean_slope_sq * q;
     // At q = 0 the kink makes S a convention; take the pair map's (angle pi/2).
-    dot = q > 0.0 ? op.p[0] : op.p[0] - op.p[1] * (0.5 * kPi);
+    dot = q > 0.0 ? op.abrelu.mean_slope_sq : op.abrelu.mean_slope_sq - op.abrelu.kink_sq_over_two_pi * (0.5 * kPi);
   }
 };
 
-// a erf(b x) + c. p = [a^2, b^2, c^2]. With q scaled by b^2 and rho = 2 s / sqrt((1 + 2 qx)(1 + 2 qy)):
+// a erf(b x) + c. With q scaled by b^2 and rho = 2 s / sqrt((1 + 2 qx)(1 + 2 qy)):
 // F = (2/pi) asin(rho), S = (4/pi) / sqrt((1 + 2 qx)(1 + 2 qy) (1 - rho^2)).
 // Stats: a = 1/sqrt(1 + 2 b^2 q).
 struct ErfMap {
   template <class T>
   FASTNTK_HD static StatsT<T> stats(const Op& op, const double*, const T& q) {
-    return StatsT<T>{q, 1.0 / sqrt(1.0 + 2.0 * op.p[1] * q), T(0.0), T(0.0)};
+    return StatsT<T>{q, 1.0 / detail::sqrt(1.0 + 2.0 * op.erf.b2 * q), T(0.0), T(0.0)};
   }
   template <bool Ntk, class T>
   FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const StatsT<T>& x, const StatsT<T>& y,
                                                     T& s, T& t) {
     const T e = x.a * y.a;
-    const T rho = 2.0 * op.p[1] * s * e;
-    if (Ntk) t *= op.p[0] * op.p[1] * (4.0 * kInvPi) * e / detail::sine_of(rho);
-    s = op.p[0] * (2.0 * kInvPi) * asin(rho) + op.p[2];
+    const T rho = 2.0 * op.erf.b2 * s * e;
+    if (Ntk) t *= op.erf.a2 * op.erf.b2 * (4.0 * kInvPi) * e / detail::sine_of(rho);
+    s = op.erf.a2 * (2.0 * kInvPi) * detail::asin(rho) + op.erf.c2;
   }
   template <class T>
   FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
-    const T qb = op.p[1] * q;
-    f = op.p[0] * (2.0 * kInvPi) * atan2(qb, sqrt(qb + 0.25)) + op.p[2];
-    dot = op.p[0] * op.p[1] * (4.0 * kInvPi) / sqrt(1.0 + 4.0 * qb);
+    const T qb = op.erf.b2 * q;
+    f = op.erf.a2 * (2.0 * kInvPi) * detail::atan2(qb, detail::sqrt(qb + 0.25)) + op.erf.c2;
+    dot = op.erf.a2 * op.erf.b2 * (4.0 * kInvPi) / detail::sqrt(1.0 + 4.0 * qb);
   }
 };
 
@@ -157,7 +155,7 @@ struct SignMap {
                                                     T& s, T& t) {
     const T c = detail::clamp_unit(s * x.b * y.b);
     if (Ntk) t = 0.0;
-    s = 2.0 * kInvPi * asin(c);
+    s = 2.0 * kInvPi * detail::asin(c);
   }
   template <class T>
   FASTNTK_HD static void diag(const Op&, const double*, const T& q, T& f, T& dot) {
@@ -181,23 +179,23 @@ struct GeluMap {
     const T prod = x.q * y.q;
     const T prod1 = x.a * y.a;
     const T d2 = prod1 - s * s;
-    const T d = sqrt(d2);
-    const T angle = atan2(s, d);
+    const T d = detail::sqrt(d2);
+    const T angle = detail::atan2(s, d);
     if (Ntk) t *= 0.25 + kInvTwoPi * (angle + s / d * (1.0 / d2 + (1.0 - prod) / prod1 + 1.0));
     s = 0.25 * s + kInvTwoPi * ((s * s + prod * d2) / (prod1 * d) + s * angle);
   }
   template <class T>
   FASTNTK_HD static void diag(const Op&, const double*, const T& q, T& f, T& dot) {
     const T d2 = 1.0 + 2.0 * q;
-    const T d = sqrt(d2);
-    const T angle = atan2(q, d);
+    const T d = detail::sqrt(d2);
+    const T angle = detail::atan2(q, d);
     const T q1 = q + 1.0;
     f = q * (0.25 + kInvPi * (q / (q1 * d) + 0.5 * angle));
     dot = 0.25 + kInvTwoPi * (angle + q / d * (1.0 / d2 + (1.0 - q * q) / (q1 * q1) + 1.0));
   }
 };
 
-// a sin(b x + c) (Cos shifts c by pi/2). p = [a^2/2, b^2, cos(2c)]. With h = (qx + qy)/2:
+// a sin(b x + c) (Cos shifts c by pi/2). With h = (qx + qy)/2:
 // F = a^2/2 (e^{b^2 (s - h)} - e^{-b^2 (s + h)} cos 2c), S = a^2 b^2/2 (e^{b^2 (s - h)} + e^{-b^2 (s + h)} cos 2c).
 // Both exponents are <= 0 since |s| <= h. Stats: none beyond q.
 struct SinMap {
@@ -209,20 +207,20 @@ struct SinMap {
   FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const StatsT<T>& x, const StatsT<T>& y,
                                                     T& s, T& t) {
     const T h = 0.5 * (x.q + y.q);
-    const T e1 = exp(op.p[1] * (s - h));
-    const T e2 = exp(-op.p[1] * (s + h)) * op.p[2];
-    if (Ntk) t *= op.p[0] * op.p[1] * (e1 + e2);
-    s = op.p[0] * (e1 - e2);
+    const T e1 = detail::exp(op.sin.b2 * (s - h));
+    const T e2 = detail::exp(-op.sin.b2 * (s + h)) * op.sin.cos2c;
+    if (Ntk) t *= op.sin.half_a2 * op.sin.b2 * (e1 + e2);
+    s = op.sin.half_a2 * (e1 - e2);
   }
   template <class T>
   FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
-    const T e2 = exp(-2.0 * op.p[1] * q) * op.p[2];
-    f = op.p[0] * (1.0 - e2);
-    dot = op.p[0] * op.p[1] * (1.0 + e2);
+    const T e2 = detail::exp(-2.0 * op.sin.b2 * q) * op.sin.cos2c;
+    f = op.sin.half_a2 * (1.0 - e2);
+    dot = op.sin.half_a2 * op.sin.b2 * (1.0 + e2);
   }
 };
 
-// sqrt(2) sin(sqrt(2 gamma) x + pi/4): F = exp(-gamma (qx + qy - 2 s)), S = 2 gamma F. p = [gamma].
+// sqrt(2) sin(sqrt(2 gamma) x + pi/4): F = exp(-gamma (qx + qy - 2 s)), S = 2 gamma F.
 struct RbfMap {
   template <class T>
   FASTNTK_HD static StatsT<T> stats(const Op&, const double*, const T& q) {
@@ -231,18 +229,18 @@ struct RbfMap {
   template <bool Ntk, class T>
   FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const StatsT<T>& x, const StatsT<T>& y,
                                                     T& s, T& t) {
-    const T f = exp(op.p[0] * (2.0 * s - x.q - y.q));
-    if (Ntk) t *= 2.0 * op.p[0] * f;
+    const T f = detail::exp(op.rbf.gamma * (2.0 * s - x.q - y.q));
+    if (Ntk) t *= 2.0 * op.rbf.gamma * f;
     s = f;
   }
   template <class T>
   FASTNTK_HD static void diag(const Op& op, const double*, const T&, T& f, T& dot) {
     f = 1.0;
-    dot = 2.0 * op.p[0];
+    dot = 2.0 * op.rbf.gamma;
   }
 };
 
-// a exp(b x): F = a^2 e^{b^2 ((qx + qy)/2 + s)}, S = b^2 F. p = [a^2, b^2].
+// a exp(b x): F = a^2 e^{b^2 ((qx + qy)/2 + s)}, S = b^2 F.
 struct ExpMap {
   template <class T>
   FASTNTK_HD static StatsT<T> stats(const Op&, const double*, const T& q) {
@@ -251,41 +249,41 @@ struct ExpMap {
   template <bool Ntk, class T>
   FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const StatsT<T>& x, const StatsT<T>& y,
                                                     T& s, T& t) {
-    const T f = op.p[0] * exp(op.p[1] * (0.5 * (x.q + y.q) + s));
-    if (Ntk) t *= op.p[1] * f;
+    const T f = op.exp.a2 * detail::exp(op.exp.b2 * (0.5 * (x.q + y.q) + s));
+    if (Ntk) t *= op.exp.b2 * f;
     s = f;
   }
   template <class T>
   FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
-    f = op.p[0] * exp(2.0 * op.p[1] * q);
-    dot = op.p[1] * f;
+    f = op.exp.a2 * detail::exp(2.0 * op.exp.b2 * q);
+    dot = op.exp.b2 * f;
   }
 };
 
 // a exp(b x^2): with D = sqrt((1 - 2 b qx)(1 - 2 b qy) - 4 b^2 s^2),
-// F = a^2 / D, S = 4 a^2 b^2 s / D^3. p = [a^2, b, 4 b^2]. Stats: a = 1 - 2 b q.
+// F = a^2 / D, S = 4 a^2 b^2 s / D^3. Stats: a = 1 - 2 b q.
 struct GaussianMap {
   template <class T>
   FASTNTK_HD static StatsT<T> stats(const Op& op, const double*, const T& q) {
-    return StatsT<T>{q, 1.0 - 2.0 * op.p[1] * q, T(0.0), T(0.0)};
+    return StatsT<T>{q, 1.0 - 2.0 * op.gaussian.b * q, T(0.0), T(0.0)};
   }
   template <bool Ntk, class T>
   FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const StatsT<T>& x, const StatsT<T>& y,
                                                     T& s, T& t) {
-    const T inv = 1.0 / sqrt(x.a * y.a - op.p[2] * s * s);
-    if (Ntk) t *= op.p[0] * op.p[2] * s * inv * inv * inv;
-    s = op.p[0] * inv;
+    const T inv = 1.0 / detail::sqrt(x.a * y.a - op.gaussian.b2x4 * s * s);
+    if (Ntk) t *= op.gaussian.a2 * op.gaussian.b2x4 * s * inv * inv * inv;
+    s = op.gaussian.a2 * inv;
   }
   template <class T>
   FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
-    const T inv = 1.0 / sqrt(1.0 - 4.0 * op.p[1] * q);
-    f = op.p[0] * inv;
-    dot = op.p[0] * op.p[2] * q * inv * inv * inv;
+    const T inv = 1.0 / detail::sqrt(1.0 - 4.0 * op.gaussian.b * q);
+    f = op.gaussian.a2 * inv;
+    dot = op.gaussian.a2 * op.gaussian.b2x4 * q * inv * inv * inv;
   }
 };
 
 // x^n: F = E[u^n v^n], S = n^2 E[u^(n-1) v^(n-1)], both by Wick's theorem.
-// p = [n^2, (2n-1)!!, (2n-3)!!]; coef = the two Wick tables.
+// coef = the two Wick tables.
 struct MonomialMap {
   template <class T>
   FASTNTK_HD static StatsT<T> stats(const Op&, const double*, const T& q) {
@@ -294,16 +292,16 @@ struct MonomialMap {
   template <bool Ntk, class T>
   FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double* coef, const StatsT<T>& x,
                                                     const StatsT<T>& y, T& s, T& t) {
-    const int n = op.degree;
-    const double* cf = coef + op.coef;
+    const int n = op.power.degree;
+    const double* cf = coef + op.power.coef;
     const T v = x.q * y.q;
-    if (Ntk) t *= op.p[0] * detail::wick(cf + n / 2 + 1, n - 1, s, v);
+    if (Ntk) t *= op.power.degree_sq * detail::wick(cf + n / 2 + 1, n - 1, s, v);
     s = detail::wick(cf, n, s, v);
   }
   template <class T>
   FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
-    f = op.p[1] * detail::ipow(q, op.degree);
-    dot = op.p[0] * op.p[2] * detail::ipow(q, op.degree - 1);
+    f = op.power.moment * detail::ipow(q, op.power.degree);
+    dot = op.power.degree_sq * op.power.moment_prev * detail::ipow(q, op.power.degree - 1);
   }
 };
 
@@ -311,12 +309,12 @@ struct MonomialMap {
 // F = (qx qy)^(n/2) J_n(theta) / (2 pi), S = n^2 (qx qy)^((n-1)/2) J_{n-1}(theta) / (2 pi),
 // J_n = A_n(c) (pi - theta) + sin(theta) B_n(c). At c = 1 this is the exact limit
 // (2n-1)!! q^n / 2, where Neural Tangents' formula divides 0 by 0.
-// p = [n^2, (2n-1)!!/2, (2n-3)!!/2]. Stats: a = q^(n/2), b = 1/sqrt(q) (0 at q = 0), c = q^((n-1)/2).
+// Stats: a = q^(n/2), b = 1/sqrt(q) (0 at q = 0), c = q^((n-1)/2).
 struct RectifiedMonomialMap {
   template <class T>
   FASTNTK_HD static StatsT<T> stats(const Op& op, const double*, const T& q) {
-    const T r = sqrt(q);
-    const int n = op.degree;
+    const T r = detail::sqrt(q);
+    const int n = op.power.degree;
     // q^(n/2) = q^floor(n/2) * sqrt(q)^(n mod 2), exact powers where possible.
     const T an = detail::ipow(q, n / 2) * ((n & 1) ? r : T(1.0));
     const T an1 = detail::ipow(q, (n - 1) / 2) * (((n - 1) & 1) ? r : T(1.0));
@@ -325,24 +323,24 @@ struct RectifiedMonomialMap {
   template <bool Ntk, class T>
   FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double* coef, const StatsT<T>& x,
                                                     const StatsT<T>& y, T& s, T& t) {
-    const int n = op.degree;
-    const double* table = coef + op.coef;  // A_n, B_n, A_{n-1}, B_{n-1}, n + 1 each
+    const int n = op.power.degree;
+    const double* table = coef + op.power.coef;  // A_n, B_n, A_{n-1}, B_{n-1}, n + 1 each
     const T c = detail::clamp_unit(s * x.b * y.b);
-    const T rest = kPi - acos(c);
+    const T rest = kPi - detail::acos(c);
     const T sine = detail::sine_of(c);
     if (Ntk) {
       const T j1 = detail::poly(table + 2 * (n + 1), n, c) * rest + sine * detail::poly(table + 3 * (n + 1), n, c);
-      t *= op.p[0] * x.c * y.c * kInvTwoPi * j1;
+      t *= op.power.degree_sq * x.c * y.c * kInvTwoPi * j1;
     }
     const T j = detail::poly(table, n, c) * rest + sine * detail::poly(table + (n + 1), n, c);
     s = x.a * y.a * kInvTwoPi * j;
   }
   template <class T>
   FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
-    f = op.p[1] * detail::ipow(q, op.degree);
-    dot = op.p[0] * op.p[2] * detail::ipow(q, op.degree - 1);
+    f = op.power.moment * detail::ipow(q, op.power.degree);
+    dot = op.power.degree_sq * op.power.moment_prev * detail::ipow(q, op.power.degree - 1);
     // Degree 1 at q = 0: S = (pi - theta) / (2 pi) at the conventional angle pi/2, as the pair map.
-    if (q == 0.0 && op.degree == 1) dot = 0.25;
+    if (q == 0.0 && op.power.degree == 1) dot = 0.25;
   }
 };
 

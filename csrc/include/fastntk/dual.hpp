@@ -15,6 +15,24 @@
 
 namespace fastntk {
 
+namespace detail {
+
+// x * y + z rounded once where the target fuses it (FMA hardware, CUDA devices), else
+// rounded twice. Written out so that a derivative's rounding is fixed by the source, not
+// by which of two products the compiler happens to contract: then every direction of a
+// Dual<P> gets the same bits whatever P and whatever the surrounding code inlines.
+FASTNTK_HD FASTNTK_ALWAYS_INLINE double fused_mul_add(double x, double y, double z) {
+#if defined(__CUDA_ARCH__)
+  return ::fma(x, y, z);
+#elif defined(__FMA__) && (defined(__GNUC__) || defined(__clang__))
+  return __builtin_fma(x, y, z);
+#else
+  return x * y + z;
+#endif
+}
+
+}  // namespace detail
+
 template <int P>
 struct Dual {
   double v;     // the value
@@ -85,7 +103,7 @@ FASTNTK_HD FASTNTK_ALWAYS_INLINE Dual<P> operator-(const Dual<P>& a, const Dual<
 template <int P>
 FASTNTK_HD FASTNTK_ALWAYS_INLINE Dual<P> operator*(const Dual<P>& a, const Dual<P>& b) {
   Dual<P> r(a.v * b.v);
-  for (int k = 0; k < P; ++k) r.d[k] = a.d[k] * b.v + a.v * b.d[k];
+  for (int k = 0; k < P; ++k) r.d[k] = detail::fused_mul_add(a.d[k], b.v, a.v * b.d[k]);
   return r;
 }
 template <int P>
@@ -160,9 +178,14 @@ FASTNTK_DUAL_COMPARE(>=)
 FASTNTK_DUAL_COMPARE(==)
 #undef FASTNTK_DUAL_COMPARE
 
-// Elementary functions. The maps call them unqualified inside namespace fastntk, so
-// these double overloads (forwarding to the C library, whose SIMD variants the CPU
-// build declares in vecmath.hpp) sit beside the Dual ones below.
+// Elementary functions, in fastntk::detail so that they never meet the C library's or
+// CUDA's ::sqrt & co. under a `using namespace fastntk`. The maps call them qualified
+// (detail::sqrt(x)) for both scalar types: the double overloads forward to the C
+// library's global functions (the ones vecmath.hpp gives SIMD variants on the CPU and
+// CUDA provides as device functions), the Dual ones apply the chain rule. See config.hpp
+// for the convention.
+namespace detail {
+
 FASTNTK_HD FASTNTK_ALWAYS_INLINE double sqrt(double x) { return ::sqrt(x); }
 FASTNTK_HD FASTNTK_ALWAYS_INLINE double exp(double x) { return ::exp(x); }
 FASTNTK_HD FASTNTK_ALWAYS_INLINE double acos(double x) { return ::acos(x); }
@@ -171,31 +194,33 @@ FASTNTK_HD FASTNTK_ALWAYS_INLINE double atan2(double y, double x) { return ::ata
 
 template <int P>
 FASTNTK_HD FASTNTK_ALWAYS_INLINE Dual<P> sqrt(const Dual<P>& x) {
-  const double v = std::sqrt(x.v);
+  const double v = ::sqrt(x.v);
   return chain(v, v > 0.0 ? 0.5 / v : 0.0, x);
 }
 template <int P>
 FASTNTK_HD FASTNTK_ALWAYS_INLINE Dual<P> exp(const Dual<P>& x) {
-  const double v = std::exp(x.v);
+  const double v = ::exp(x.v);
   return chain(v, v, x);
 }
 template <int P>
 FASTNTK_HD FASTNTK_ALWAYS_INLINE Dual<P> acos(const Dual<P>& x) {
   const double w = (1.0 - x.v) * (1.0 + x.v);
-  return chain(std::acos(x.v), w > 0.0 ? -1.0 / std::sqrt(w) : 0.0, x);
+  return chain(::acos(x.v), w > 0.0 ? -1.0 / ::sqrt(w) : 0.0, x);
 }
 template <int P>
 FASTNTK_HD FASTNTK_ALWAYS_INLINE Dual<P> asin(const Dual<P>& x) {
   const double w = (1.0 - x.v) * (1.0 + x.v);
-  return chain(std::asin(x.v), w > 0.0 ? 1.0 / std::sqrt(w) : 0.0, x);
+  return chain(::asin(x.v), w > 0.0 ? 1.0 / ::sqrt(w) : 0.0, x);
 }
 template <int P>
 FASTNTK_HD FASTNTK_ALWAYS_INLINE Dual<P> atan2(const Dual<P>& y, const Dual<P>& x) {
-  Dual<P> r(std::atan2(y.v, x.v));
+  Dual<P> r(::atan2(y.v, x.v));
   const double n = x.v * x.v + y.v * y.v;
   const double inv = n > 0.0 ? 1.0 / n : 0.0;
   for (int k = 0; k < P; ++k) r.d[k] = (x.v * y.d[k] - y.v * x.d[k]) * inv;
   return r;
 }
+
+}  // namespace detail
 
 }  // namespace fastntk

@@ -1,9 +1,10 @@
-// fastntk: the layer program, a flat array of ops that the per-pair recursion runs.
+// fastntk: the host builder of the layer program, a flat array of ops that the walk runs.
 //
 // A network is compiled once into a Program: Dense layers and activations become
-// Ops with their parameters pre-squared (W_std², b_std², a², ...), and the
+// Ops (op.hpp) with their parameters pre-squared (W_std², b_std², a², ...), and the
 // polynomial activations carry integer coefficient tables in a shared pool.
-// ProgramView is the plain-old-data view that kernels (CPU or CUDA) read.
+// ProgramView (op.hpp) is the plain-old-data view that kernels (CPU or CUDA) read.
+// Host only: this is the one header of csrc/include that uses the STL and exceptions.
 #pragma once
 
 #include <cmath>
@@ -13,53 +14,9 @@
 #include <vector>
 
 #include "fastntk/config.hpp"
+#include "fastntk/op.hpp"
 
 namespace fastntk {
-
-// The X-list of activation kinds: X(Kind, DualMapType). Every switch over
-// activations is generated from it, so adding an activation touches one line here.
-#define FASTNTK_FOR_EACH_ACTIVATION(X) \
-  X(ABRelu, ABReluMap)                 \
-  X(Erf, ErfMap)                       \
-  X(Sign, SignMap)                     \
-  X(Gelu, GeluMap)                     \
-  X(Sin, SinMap)                       \
-  X(Rbf, RbfMap)                       \
-  X(Exp, ExpMap)                       \
-  X(Gaussian, GaussianMap)             \
-  X(Monomial, MonomialMap)             \
-  X(RectifiedMonomial, RectifiedMonomialMap)
-
-enum class OpKind : std::int32_t {
-  Dense = 0,
-#define FASTNTK_ENUM_ENTRY(kind, map) kind,
-  FASTNTK_FOR_EACH_ACTIVATION(FASTNTK_ENUM_ENTRY)
-#undef FASTNTK_ENUM_ENTRY
-};
-
-enum class Parameterization : std::int32_t { Ntk = 0, Standard = 1 };
-
-constexpr int kOpParams = 6;
-// The largest polynomial degree accepted: the coefficient tables of degree n hold
-// numbers up to about (2n-1)!! * 2^n, beyond 2^53 for n > 20, where they stop
-// being exact in double precision.
-constexpr int kMaxDegree = 20;
-
-struct Op {
-  OpKind kind;
-  std::int32_t degree;  // Monomial, RectifiedMonomial
-  std::int32_t coef;    // offset of this op's coefficient tables in ProgramView::coef
-  std::int32_t layer;   // the index of the layer this op came from, for messages
-  double p[kOpParams];  // kind-specific parameters, see the Program::add_* methods
-                        // (Dense: [W^2, b^2, standard?, n_in, t0])
-};
-
-struct ProgramView {
-  const Op* ops;
-  int n_ops;
-  int n_activations;
-  const double* coef;
-};
 
 namespace detail {
 
@@ -147,13 +104,13 @@ class Program {
       throw std::invalid_argument("Dense: the standard parameterization needs the input width n_in >= 1, got " +
                                   std::to_string(n_in));
     Op op = make(OpKind::Dense);
-    op.p[0] = W_std * W_std;
-    op.p[1] = has_bias ? b_std * b_std : 0.0;
-    op.p[2] = param == Parameterization::Standard ? 1.0 : 0.0;
-    op.p[3] = n_in;
-    // t0: the NTK of biases that start at zero (a standard-parameterization bias has
+    op.dense.w_var = W_std * W_std;
+    op.dense.b_var = has_bias ? b_std * b_std : 0.0;
+    op.dense.parameterization = param;
+    op.dense.n_in = n_in;
+    // The NTK of biases that start at zero (a standard-parameterization bias has
     // gradient 1 whatever its b_std; ntk_bias as above).
-    op.p[4] = ((param == Parameterization::Standard && has_bias) ? 1.0 : 0.0) + ntk_bias * ntk_bias;
+    op.dense.t0 = ((param == Parameterization::Standard && has_bias) ? 1.0 : 0.0) + ntk_bias * ntk_bias;
     gaussian_ = true;
     return push(op);
   }
@@ -163,8 +120,8 @@ class Program {
     check_finite("a", a);
     check_finite("b", b);
     Op op = activation(OpKind::ABRelu, "ABRelu");
-    op.p[0] = 0.5 * (a * a + b * b);
-    op.p[1] = (a - b) * (a - b) * kInvTwoPi;
+    op.abrelu.mean_slope_sq = 0.5 * (a * a + b * b);
+    op.abrelu.kink_sq_over_two_pi = (a - b) * (a - b) * kInvTwoPi;
     return push(op);
   }
 
@@ -174,9 +131,9 @@ class Program {
     check_finite("b", b);
     check_finite("c", c);
     Op op = activation(OpKind::Erf, "Erf");
-    op.p[0] = a * a;
-    op.p[1] = b * b;
-    op.p[2] = c * c;
+    op.erf.a2 = a * a;
+    op.erf.b2 = b * b;
+    op.erf.c2 = c * c;
     return push(op);
   }
 
@@ -192,7 +149,7 @@ class Program {
   Program& add_rbf(double gamma) {
     check_finite_nonneg("gamma", gamma);
     Op op = activation(OpKind::Rbf, "Rbf");
-    op.p[0] = gamma;
+    op.rbf.gamma = gamma;
     return push(op);
   }
 
@@ -201,8 +158,8 @@ class Program {
     check_finite("a", a);
     check_finite("b", b);
     Op op = activation(OpKind::Exp, "Exp");
-    op.p[0] = a * a;
-    op.p[1] = b * b;
+    op.exp.a2 = a * a;
+    op.exp.b2 = b * b;
     return push(op);
   }
 
@@ -211,9 +168,9 @@ class Program {
     check_finite("a", a);
     check_finite("b", b);
     Op op = activation(OpKind::Gaussian, "Gaussian");
-    op.p[0] = a * a;
-    op.p[1] = b;
-    op.p[2] = 4.0 * b * b;
+    op.gaussian.a2 = a * a;
+    op.gaussian.b = b;
+    op.gaussian.b2x4 = 4.0 * b * b;
     return push(op);
   }
 
@@ -221,13 +178,13 @@ class Program {
   Program& add_monomial(int degree) {
     check_degree("Monomial", degree);
     Op op = activation(OpKind::Monomial, "Monomial");
-    op.degree = degree;
-    op.coef = static_cast<std::int32_t>(coef_.size());
+    op.power.degree = degree;
+    op.power.coef = static_cast<std::int32_t>(coef_.size());
     detail::monomial_coefficients(degree, coef_);
     detail::monomial_coefficients(degree - 1, coef_);
-    op.p[0] = double(degree) * degree;
-    op.p[1] = detail::double_factorial_odd(degree);
-    op.p[2] = detail::double_factorial_odd(degree - 1);
+    op.power.degree_sq = double(degree) * degree;
+    op.power.moment = detail::double_factorial_odd(degree);  // E[u^2n] = (2n-1)!! q^n
+    op.power.moment_prev = detail::double_factorial_odd(degree - 1);
     return push(op);
   }
 
@@ -235,8 +192,8 @@ class Program {
   Program& add_rectified_monomial(int degree) {
     check_degree("RectifiedMonomial", degree);
     Op op = activation(OpKind::RectifiedMonomial, "RectifiedMonomial");
-    op.degree = degree;
-    op.coef = static_cast<std::int32_t>(coef_.size());
+    op.power.degree = degree;
+    op.power.coef = static_cast<std::int32_t>(coef_.size());
     std::vector<double> a, b;
     detail::arccos_coefficients(degree, a, b);
     coef_.insert(coef_.end(), a.begin(), a.end());
@@ -246,9 +203,9 @@ class Program {
     b.resize(degree + 1, 0.0);
     coef_.insert(coef_.end(), a.begin(), a.end());
     coef_.insert(coef_.end(), b.begin(), b.end());
-    op.p[0] = double(degree) * degree;
-    op.p[1] = 0.5 * detail::double_factorial_odd(degree);
-    op.p[2] = 0.5 * detail::double_factorial_odd(degree - 1);
+    op.power.degree_sq = double(degree) * degree;
+    op.power.moment = 0.5 * detail::double_factorial_odd(degree);  // E[relu(u)^2n] = (2n-1)!! q^n / 2
+    op.power.moment_prev = 0.5 * detail::double_factorial_odd(degree - 1);
     return push(op);
   }
 
@@ -288,9 +245,9 @@ class Program {
     check_finite("b", b);
     check_finite("c", c);
     Op op = activation(OpKind::Sin, name);
-    op.p[0] = 0.5 * a * a;
-    op.p[1] = b * b;
-    op.p[2] = cos2c;
+    op.sin.half_a2 = 0.5 * a * a;
+    op.sin.b2 = b * b;
+    op.sin.cos2c = cos2c;
     return push(op);
   }
 
