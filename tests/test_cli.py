@@ -258,7 +258,7 @@ def _bad_files(tmp: pathlib.Path) -> dict:
     (tmp / "empty.csv").write_text("")
     (tmp / "data.txt").write_text("1,2,3\n")
     (tmp / "folder.csv").mkdir()
-    (tmp / "blank_label.csv").write_text("a,b,label\n1,2,x\n3,4,y\n5,6,\n7,8,x\n9,1,y\n")
+    (tmp / "blank_label.csv").write_text("a,b,label\n1,2,x\n\n3,4,y\n5,6,\n7,8,x\n9,1,y\n")
     np.savez(tmp / "blank_label.npz", **{**ok, "y_train": np.array(["x", "y", " ", "x"])})
     np.savez(tmp / "two_d.npz", **{**ok, "y_test": np.ones((2, 3))})
     return {
@@ -276,7 +276,7 @@ def _bad_files(tmp: pathlib.Path) -> dict:
         "empty csv": (tmp / "empty.csv", "empty"),
         "extension": (tmp / "data.txt", "unsupported file type"),
         "directory": (tmp / "folder.csv", "is a directory"),
-        "empty label in csv": (tmp / "blank_label.csv", "line 4, label: the label is empty"),
+        "empty label in csv": (tmp / "blank_label.csv", "line 5, label: the label is empty"),
         "empty label in npz": (tmp / "blank_label.npz", "y_train has an empty label (first at index 2)"),
         "target columns": (tmp / "two_d.npz", "their columns must agree"),
     }

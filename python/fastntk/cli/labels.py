@@ -47,21 +47,19 @@ def csv_label_column(path, label_column, header, n_cols: int) -> int:
     return j % n_cols
 
 
-def csv_labels(path, cells, first_line: int, column: str) -> np.ndarray:
+def csv_labels(path, cells, lines, column: str) -> np.ndarray:
     """The label cells of a CSV column as labels: int64 when every cell is an integer, float64
     when every cell is a number and one is not an integer (a regression target), else the
-    strings. ``first_line`` is the file line of ``cells[0]``, for the messages."""
+    strings. ``lines[i]`` is the file line of ``cells[i]``, for the messages."""
     cells = [c.strip() for c in cells]
-    for i, c in enumerate(cells):
+    for line, c in zip(lines, cells):
         if c == "":
-            raise CliError(f"{path}: line {first_line + i}, {column}: the label is empty")
+            raise CliError(f"{path}: line {line}, {column}: the label is empty")
     numbers = [number(c) for c in cells]
     if all(v is not None for v in numbers):
         bad = [i for i, v in enumerate(numbers) if not math.isfinite(v)]
         if bad:
-            raise CliError(
-                f"{path}: line {first_line + bad[0]}, {column}: {cells[bad[0]]!r} is not a finite label"
-            )
+            raise CliError(f"{path}: line {lines[bad[0]]}, {column}: {cells[bad[0]]!r} is not a finite label")
         if all(v == round(v) for v in numbers):
             return np.array([int(v) for v in numbers], dtype=np.int64)
         return np.array(numbers, dtype=np.float64)
