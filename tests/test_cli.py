@@ -258,7 +258,7 @@ def _bad_files(tmp: pathlib.Path) -> dict:
     (tmp / "empty.csv").write_text("")
     (tmp / "data.txt").write_text("1,2,3\n")
     (tmp / "folder.csv").mkdir()
-    (tmp / "blank_label.csv").write_text("a,b,label\n1,2,x\n3,4,y\n5,6,\n7,8,x\n9,1,y\n")
+    (tmp / "blank_label.csv").write_text("a,b,label\n1,2,x\n\n3,4,y\n5,6,\n7,8,x\n9,1,y\n")
     np.savez(tmp / "blank_label.npz", **{**ok, "y_train": np.array(["x", "y", " ", "x"])})
     np.savez(tmp / "two_d.npz", **{**ok, "y_test": np.ones((2, 3))})
     return {
@@ -276,7 +276,7 @@ def _bad_files(tmp: pathlib.Path) -> dict:
         "empty csv": (tmp / "empty.csv", "empty"),
         "extension": (tmp / "data.txt", "unsupported file type"),
         "directory": (tmp / "folder.csv", "is a directory"),
-        "empty label in csv": (tmp / "blank_label.csv", "line 4, label: the label is empty"),
+        "empty label in csv": (tmp / "blank_label.csv", "line 5, label: the label is empty"),
         "empty label in npz": (tmp / "blank_label.npz", "y_train has an empty label (first at index 2)"),
         "target columns": (tmp / "two_d.npz", "their columns must agree"),
     }
@@ -510,6 +510,17 @@ def test_real_targets_in_a_csv_and_the_task_option(tmp_path):
     assert cli.load_data(tmp_path / "ints.csv").task == "classification"
     d = cli.load_data(tmp_path / "ints.csv", task="regression")
     assert d.task == "regression" and set(np.unique(d.y_train)) <= {0.0, 1.0, 2.0}
+    # Integers with more than 20 values and under 3 points per value: a quantity, regressed
+    # (30 values over 30 points); classified on request, and then the test set has unseen labels.
+    counts = ["u,v,target"] + [f"{a},{b},{100 + 7 * i}" for i, (a, b) in enumerate(x)]
+    (tmp_path / "counts.csv").write_text("\n".join(counts) + "\n")
+    assert cli.load_data(tmp_path / "counts.csv").task == "regression"
+    proc = fastntk("run", "--data", tmp_path / "counts.csv", "--task", "classification", "--out", tmp_path)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "labels that y_train lacks", "use --task regression")
+    # 21 values over 63 points (3 each): classes.
+    (tmp_path / "classes.csv").write_text("".join(f"{i},{i % 21}\n" for i in range(63)))
+    assert cli.load_data(tmp_path / "classes.csv").task == "classification"
 
     proc = fastntk("run", "--data", tmp_path / "real.csv", "--task", "classification", "--out", tmp_path)
     assert proc.returncode == 2

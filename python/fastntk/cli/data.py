@@ -154,7 +154,7 @@ def _load_csv(path: pathlib.Path, label_column):
     if not np.isfinite(x).all():
         raise CliError(f"{path}: the features have NaN or Inf entries")
     name = header[col] if header else f"column {col}"
-    y = labels.csv_labels(path, [r[col] for _, r in rows], rows[0][0], name)
+    y = labels.csv_labels(path, [r[col] for _, r in rows], [line for line, _ in rows], name)
     if len(rows) < 4:
         raise CliError(f"{path}: {len(rows)} data rows are too few to split into training and test sets")
     return x, y

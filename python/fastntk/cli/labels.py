@@ -2,8 +2,9 @@
 and the encoding of classes as indices.
 
 The task (``--task auto``) follows the data: integer or string labels, or a one-hot matrix,
-are classes (classification); real numbers that are not all integers, or a 2-D target that is
-not one-hot, are regression targets. ``--task classification`` / ``regression`` overrides it
+are classes (classification); real numbers that are not all integers, a 2-D target that is
+not one-hot, or integers with more than 20 distinct values and fewer than 3 points per value
+on average (counts, amounts), are regression targets. ``--task classification`` / ``regression`` overrides it
 (integer targets can be regressed; real-valued targets cannot be classified).
 """
 
@@ -16,6 +17,10 @@ import numpy as np
 from .errors import CliError, number
 
 TASKS = ("auto", "classification", "regression")
+# Integer targets are class labels unless they take more than MANY_VALUES distinct values with
+# fewer than MIN_PER_CLASS points per value on average (too few to learn a class from).
+MANY_VALUES = 20
+MIN_PER_CLASS = 3
 # A CSV label column is found by one of these header names (case-insensitive), else it is the last.
 LABEL_NAMES = ("label", "target", "class", "y")
 
@@ -42,21 +47,19 @@ def csv_label_column(path, label_column, header, n_cols: int) -> int:
     return j % n_cols
 
 
-def csv_labels(path, cells, first_line: int, column: str) -> np.ndarray:
+def csv_labels(path, cells, lines, column: str) -> np.ndarray:
     """The label cells of a CSV column as labels: int64 when every cell is an integer, float64
     when every cell is a number and one is not an integer (a regression target), else the
-    strings. ``first_line`` is the file line of ``cells[0]``, for the messages."""
+    strings. ``lines[i]`` is the file line of ``cells[i]``, for the messages."""
     cells = [c.strip() for c in cells]
-    for i, c in enumerate(cells):
+    for line, c in zip(lines, cells):
         if c == "":
-            raise CliError(f"{path}: line {first_line + i}, {column}: the label is empty")
+            raise CliError(f"{path}: line {line}, {column}: the label is empty")
     numbers = [number(c) for c in cells]
     if all(v is not None for v in numbers):
         bad = [i for i, v in enumerate(numbers) if not math.isfinite(v)]
         if bad:
-            raise CliError(
-                f"{path}: line {first_line + bad[0]}, {column}: {cells[bad[0]]!r} is not a finite label"
-            )
+            raise CliError(f"{path}: line {lines[bad[0]]}, {column}: {cells[bad[0]]!r} is not a finite label")
         if all(v == round(v) for v in numbers):
             return np.array([int(v) for v in numbers], dtype=np.int64)
         return np.array(numbers, dtype=np.float64)
@@ -96,7 +99,7 @@ def choose_task(y_train: np.ndarray, y_test: np.ndarray, task: str, where: str) 
     """'classification' or 'regression' for ``--task`` (auto: from the labels' kind)."""
     real = any(y.dtype.kind == "f" or y.ndim == 2 for y in (y_train, y_test))
     if task == "auto":
-        return "regression" if real else "classification"
+        return "regression" if real or _many_integers(y_train) else "classification"
     if task == "classification" and real:
         kind = (
             "a 2-D target that is not one-hot"
@@ -111,6 +114,16 @@ def choose_task(y_train: np.ndarray, y_test: np.ndarray, task: str, where: str) 
     return task
 
 
+def _many_integers(y: np.ndarray) -> bool:
+    """Integer targets with more than MANY_VALUES distinct values and fewer than
+    MIN_PER_CLASS points per value on average: counts or amounts, not classes (scikit-learn's
+    diabetes progression, 214 values over 442 points, is one)."""
+    if y.dtype.kind not in "iu":
+        return False
+    distinct = np.unique(y).size
+    return distinct > MANY_VALUES and y.size < MIN_PER_CLASS * distinct
+
+
 def encode_classes(y_train: np.ndarray, y_test: np.ndarray, where: str):
     """(classes (C,), y_train as indices into classes, y_test as indices)."""
     if y_train.dtype.kind in "US" or y_test.dtype.kind in "US":
@@ -122,7 +135,10 @@ def encode_classes(y_train: np.ndarray, y_test: np.ndarray, where: str):
         )
     unknown = np.setdiff1d(np.unique(y_test), classes)
     if unknown.size:
-        raise CliError(f"{where}y_test has labels that y_train lacks: {unknown[:5].tolist()}")
+        raise CliError(
+            f"{where}y_test has labels that y_train lacks: {unknown[:5].tolist()} (if the target is a "
+            "quantity, not a class, use --task regression)"
+        )
     return classes, np.searchsorted(classes, y_train), np.searchsorted(classes, y_test)
 
 

@@ -59,9 +59,10 @@ steps t (fastntk.predict.gradient_descent_mse), and a finite network of the same
 architecture trained by the same steps (fastntk.train_mse). Prints a table; writes
 run.png (test score and training loss against t) and run.json to --out.
 
-The task follows the targets (--task auto): class labels (integers, strings, one-hot)
-are classified, scored by accuracy, with one-hot targets; real-valued targets are
-regressed, scored by RMSE and R^2, standardized with the training statistics.
+The task follows the targets (--task auto) and the first line says which: class
+labels (integers, strings, one-hot) are classified, with one-hot targets, scored by
+accuracy; real-valued targets are regressed, standardized with the training
+statistics, scored by RMSE and R^2.
 Inputs are standardized with the training statistics; the learning rate is
 max_learning_rate / 2; the finite network is centred (trained on Y + f(X; theta_0),
 its prediction is f - f(.; theta_0)) so that it starts, like the analytic curve, from
@@ -92,6 +93,25 @@ def _add_run(sub) -> None:
         description=_RUN_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_data_options(r)
+    _add_model_options(r)
+    r.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="where the kernels and predictions are computed (gpu needs the CUDA backend)",
+    )
+    r.add_argument(
+        "--out",
+        default="fastntk-out",
+        metavar="DIR",
+        help="folder for run.png and run.json (default ./fastntk-out)",
+    )
+    r.add_argument("--quiet", action="store_true", help="print only the paths of the files written")
+
+
+def _add_data_options(r) -> None:
+    """--data, --label-column, --test-fraction, --n-train, --task."""
     r.add_argument(
         "--data",
         metavar="FILE",
@@ -122,8 +142,13 @@ def _add_run(sub) -> None:
         choices=TASKS,
         default="auto",
         help="auto (default): regression if the targets are real numbers that are not all integers, "
-        "else classification",
+        "or integers with more than 20 values and under 3 points per value (counts), else "
+        "classification",
     )
+
+
+def _add_model_options(r) -> None:
+    """--arch, --width, --steps, --learning-rate, --seed."""
     r.add_argument(
         "--arch",
         default="relu:3",
@@ -155,19 +180,6 @@ def _add_run(sub) -> None:
     r.add_argument(
         "--seed", type=int, default=0, help="seed of the split, the subset and the network (default 0)"
     )
-    r.add_argument(
-        "--device",
-        choices=("cpu", "gpu"),
-        default="cpu",
-        help="where the kernels and predictions are computed (gpu needs the CUDA backend)",
-    )
-    r.add_argument(
-        "--out",
-        default="fastntk-out",
-        metavar="DIR",
-        help="folder for run.png and run.json (default ./fastntk-out)",
-    )
-    r.add_argument("--quiet", action="store_true", help="print only the paths of the files written")
 
 
 def _add_bench(sub) -> None:

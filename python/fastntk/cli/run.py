@@ -184,16 +184,15 @@ def _finite_network(nt, net, task: Task, lr, t_plot, seed: int):
 
 def _print_table(out, task: Task, t_plot, t_table, ntk, net, inf: dict) -> None:
     name = "acc" if task.classifies else "RMSE"
-    out(
-        f"{'step t':>8}  {'NTK test ' + name:>13}  {'network test ' + name:>17}  {'NTK train loss':>14}  "
-        f"{'network train loss':>18}"
-    )
+    h1, h2 = f"NTK test {name}", f"network test {name}"
+    w1, w2 = len(h1), len(h2)
+    out(f"{'step t':>8}  {h1}  {h2}  {'NTK train loss':>14}  {'network train loss':>18}")
     for i in np.searchsorted(t_plot, t_table):
         out(
-            f"{t_plot[i]:>8d}  {task.fmt(ntk['metric'][i]):>13}  {task.fmt(net['metric'][i]):>17}  "
+            f"{t_plot[i]:>8d}  {task.fmt(ntk['metric'][i]):>{w1}}  {task.fmt(net['metric'][i]):>{w2}}  "
             f"{ntk['loss'][i]:>14.4e}  {net['loss'][i]:>18.4e}"
         )
-    out(f"{'inf':>8}  {task.fmt(inf['metric']['ntk']):>13}  {'':>17}  {inf['loss']:>14.4e}")
+    out(f"{'inf':>8}  {task.fmt(inf['metric']['ntk']):>{w1}}  {'':>{w2}}  {inf['loss']:>14.4e}")
     if not task.classifies:
         out(
             f"test R^2: NTK regression (t = inf) {inf['r2']['ntk']:.4f}, NNGP {inf['r2']['nngp']:.4f}; at step "
