@@ -73,7 +73,7 @@ def test_wide_tiles_computed_in_the_outputs(get, rng):
     spec = mlp("relu", 2, W_std=1.3, b_std=0.2)
     net = to_fastntk(spec)
     x = rng.standard_normal((1100, 6))
-    program = net._program(6)
+    program = _engine.program(net, 6)
     for b in (None, x.copy()):
         ref = dict(zip(("nngp", "ntk"), ntk_gram_ref(spec, x, b)))
         outs = {name: np.empty((1100, 1100)) for name in get}
