@@ -13,11 +13,12 @@ __version__ = "0.1.0"
 
 
 def _load_blas() -> None:
-    """Load fastntk's own OpenBLAS (the scipy-openblas32 package) before _core.
+    """Load fastntk's own OpenBLAS (the scipy-openblas32 package) before the native module.
 
-    _core links against libscipy_openblas.so; importing the package loads that library
-    and the dynamic loader then resolves _core's dependency by its soname, wherever
-    the two were installed. The copy is private to fastntk (NumPy and SciPy carry
+    The native module (imported by fastntk._engine alone) links against
+    libscipy_openblas.so; importing the package loads that library and the dynamic
+    loader then resolves the module's dependency by its soname, wherever the two were
+    installed. The copy is private to fastntk (NumPy and SciPy carry
     their own), so it is configured here, at load time, where OpenBLAS reads its
     environment:
     - kernels: OpenBLAS's own CPU detection, or FASTNTK_BLAS_CORETYPE (e.g. Haswell,
@@ -48,8 +49,8 @@ def _load_blas() -> None:
 
 _load_blas()
 
-from . import _core  # noqa: E402  (isort: skip)
-from ._threads import get_num_threads, set_num_threads  # noqa: E402
+from . import _engine  # noqa: E402  (isort: skip)  the native module, loaded after the BLAS
+from ._engine import get_num_threads, set_num_threads  # noqa: E402
 from .architectures import mlp  # noqa: E402
 from .empirical import monte_carlo_kernel  # noqa: E402
 from .interop import from_torch  # noqa: E402
@@ -81,12 +82,12 @@ from . import predict, training  # noqa: E402  (isort: skip)
 
 def build_info() -> dict:
     """What this build contains: version, compiler and flags, OpenMP, BLAS, SIMD width, CUDA."""
-    return dict(_core.build_info())
+    return _engine.build_info()
 
 
 def has_cuda() -> bool:
     """True if this build has the CUDA backend (and can therefore take CuPy arrays)."""
-    return bool(_core.build_info()["cuda"])
+    return bool(_engine.build_info()["cuda"])
 
 
 __all__ = [
