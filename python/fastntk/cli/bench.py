@@ -62,6 +62,7 @@ def _bench_dir(given) -> pathlib.Path | None:
 
 
 def bench(args, out=print) -> int:
+    """``fastntk bench`` on parsed arguments: the quick table (and --json), or --full."""
     import fastntk as nt
 
     if args.full:
