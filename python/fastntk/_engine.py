@@ -27,9 +27,9 @@ import numpy as np
 from . import _arrays, _core
 from ._args import all_finite
 
-# The largest degree of Monomial and RectifiedMonomial: fastntk::kMaxDegree in the native
-# program (exported as _core.MAX_DEGREE by builds that have it; 20 before that).
-MAX_DEGREE = int(getattr(_core, "MAX_DEGREE", 20))
+# The largest degree of Monomial and RectifiedMonomial: fastntk::kMaxDegree of the native
+# program, read from the module so that Python never holds a copy of its own.
+MAX_DEGREE = int(_core.MAX_DEGREE)
 
 
 # ---------------------------------------------------------------------------------------
