@@ -39,11 +39,8 @@ DEPTH = 5
 
 
 def network(act: str, depth: int):
-    layer = {"relu": nt.Relu, "erf": nt.Erf}[act]
-    layers = [nt.Dense(W_std=1.5, b_std=0.1)]
-    for _ in range(depth):
-        layers += [layer(), nt.Dense(W_std=1.5, b_std=0.1)]
-    return nt.serial(*(layers[:-1] if depth == 0 else layers))
+    """depth x [Dense, act], Dense (W_std 1.5, b_std 0.1); its reference: reference_spec."""
+    return nt.mlp(act, depth, W_std=1.5, b_std=0.1)
 
 
 def reference_spec(act: str, depth: int):

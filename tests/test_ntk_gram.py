@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastntk as nt
+from fastntk import _engine
 
 from conftest import TOL, assert_kernel_close, entry_scale
 from reference import ntk_gram_ref
@@ -72,7 +73,7 @@ def test_wide_tiles_computed_in_the_outputs(get, rng):
     spec = mlp("relu", 2, W_std=1.3, b_std=0.2)
     net = to_fastntk(spec)
     x = rng.standard_normal((1100, 6))
-    program = net._program(6)
+    program = _engine.program(net, 6)
     for b in (None, x.copy()):
         ref = dict(zip(("nngp", "ntk"), ntk_gram_ref(spec, x, b)))
         outs = {name: np.empty((1100, 1100)) for name in get}
@@ -111,7 +112,7 @@ def test_tile_size_does_not_change_the_result(tile, rng):
     net = to_fastntk(mlp("relu", 3, b_std=0.1))
     x1 = rng.standard_normal((203, 5))
     x2 = rng.standard_normal((77, 5))
-    program = net._program(5)
+    program = _engine.program(net, 5)
     for a, b in ((x1, None), (x1, x2)):
         expected = net.kernel(a, b)
         shape = (a.shape[0], a.shape[0] if b is None else b.shape[0])
@@ -227,7 +228,7 @@ def test_diagonal_alone_equals_the_gram_diagonal(seed):
     spec = random_spec(rng)
     net = to_fastntk(spec)
     x = rng.standard_normal((int(rng.integers(1, 30)), 4))
-    q, t = nt._core.ntk_diag(net._program(4), x)
+    q, t = nt._core.ntk_diag(_engine.program(net, 4), x)
     k = net.kernel(x)
     np.testing.assert_array_equal(q, np.diag(k.nngp))
     np.testing.assert_array_equal(t, np.diag(k.ntk))

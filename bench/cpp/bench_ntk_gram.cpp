@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "blas.hpp"
+#include "build_info.hpp"
 #include "fastntk/program.hpp"
 #include "ntk_gram_cpu.hpp"
 

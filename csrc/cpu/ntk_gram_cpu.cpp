@@ -222,13 +222,6 @@ void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch, StopChec
 // baseline, each clone with every callee inlined (flatten) and compiled, libmvec calls
 // included, for its instruction set; the dynamic loader picks the clone for the running
 // CPU once (an ifunc). A native build (-march=...) compiles the one version it needs.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX2__)
-#define FASTNTK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
-#define FASTNTK_RUNTIME_DISPATCH 1
-#else
-#define FASTNTK_CLONES
-#define FASTNTK_RUNTIME_DISPATCH 0
-#endif
 FASTNTK_CLONES void run_tile_ntk(const Job<double>& job, const Tile& tile, Scratch<double>& scratch, StopCheck& check) {
   run_tile<true>(job, tile, scratch, check);
 }
@@ -404,49 +397,6 @@ void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, con
       gram<Dual<3>>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
       break;
   }
-}
-
-BuildInfo build_info() {
-  BuildInfo info;
-#ifdef _OPENMP
-  info.openmp = _OPENMP;
-#else
-  info.openmp = 0;
-#endif
-  info.blas = blas::config();
-  info.blas_core = blas::core();
-  info.simd_dispatch = FASTNTK_RUNTIME_DISPATCH;
-#if FASTNTK_RUNTIME_DISPATCH
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) {
-    info.simd = "AVX-512";
-    info.simd_doubles = 8;
-  } else if (__builtin_cpu_supports("x86-64-v3")) {
-    info.simd = "AVX2";
-    info.simd_doubles = 4;
-  } else {
-    info.simd = "SSE2";
-    info.simd_doubles = 2;
-  }
-#elif defined(__AVX512F__)
-  info.simd = "AVX-512";
-  info.simd_doubles = 8;
-#elif defined(__AVX2__)
-  info.simd = "AVX2";
-  info.simd_doubles = 4;
-#elif defined(__SSE2__)
-  info.simd = "SSE2";
-  info.simd_doubles = 2;
-#elif defined(__ARM_NEON)
-  info.simd = "NEON";
-  info.simd_doubles = 2;
-#else
-  info.simd = "scalar";
-  info.simd_doubles = 1;
-#endif
-  info.libmvec = FASTNTK_HAVE_LIBMVEC;
-  info.max_threads = omp_get_max_threads();
-  return info;
 }
 
 }  // namespace fastntk::cpu
