@@ -32,15 +32,24 @@ except KeyboardInterrupt:
 """
 
 
-def seconds_to_stop(setup: str, call: str, delay: float = 0.5, timeout: float = 300) -> float:
+def seconds_to_stop(
+    setup: str, call: str, delay: float = 0.5, timeout: float = 300, after: str = ""
+) -> float:
     """Runs `setup`, then `call` (one statement) with SIGINT sent `delay` seconds in; returns
     the seconds from the signal to KeyboardInterrupt. Fails if the call finished first (the
-    job was too short to test anything) or the interpreter failed."""
+    job was too short to test anything) or the interpreter failed.
+
+    `after`, if given, is code run once the call was interrupted (the process must still be
+    usable): it fails by raising (an assert), and the test fails with it."""
     code = textwrap.dedent(setup) + _HARNESS.format(delay=delay, call=call)
+    if after:
+        code += textwrap.dedent(after) + '\nprint("AFTER_OK")\n'
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr
     words = out.stdout.split()
     assert words and words[0] == "INTERRUPTED", f"the call was not interrupted: {out.stdout!r}"
+    if after:
+        assert "AFTER_OK" in words, f"the process was not usable after the interrupt: {out.stdout!r}"
     return float(words[1])
 
 

@@ -120,7 +120,7 @@ void bind_empirical_gram(py::module_& m) {
         opt.scale = scale;
         opt.accumulate = accumulate;
         opt.ld = out.shape(1);
-        opt.n_threads = n_threads;
+        opt.n_threads = fastntk::bindings::threads_for(n_threads);
         opt.tile = tile;
         const std::int64_t per_pair = trace ? 1 : static_cast<std::int64_t>(n_out) * n_out;
         double* dst = out.mutable_data() + (static_cast<std::int64_t>(row0) * out.shape(1) + col0) * per_pair;

@@ -29,7 +29,7 @@ void bind_matmul(py::module_& m) {
         if (!out.writeable()) throw std::invalid_argument("out must be writeable");
         if (n_threads < 0) throw std::invalid_argument("n_threads must be >= 0, got " + std::to_string(n_threads));
         fastntk::cpu::MatmulOptions opt;
-        opt.n_threads = n_threads;
+        opt.n_threads = fastntk::bindings::threads_for(n_threads);
         const double* pa = a.data();
         const double* pb = b.data();
         double* pc = out.mutable_data();

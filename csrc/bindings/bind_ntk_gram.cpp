@@ -68,7 +68,7 @@ void bind_ntk_gram(py::module_& m) {
         if (n_threads < 0) throw std::invalid_argument("n_threads must be >= 0, got " + std::to_string(n_threads));
 
         fastntk::cpu::GramOptions opt;
-        opt.n_threads = n_threads;
+        opt.n_threads = fastntk::bindings::threads_for(n_threads);
         opt.tile = tile;
         const double* p1 = x1.data();
         const double* p2 = x2 ? x2->data() : nullptr;
@@ -95,7 +95,7 @@ void bind_ntk_gram(py::module_& m) {
         const py::ssize_t n = x.shape(0);
         Array nngp(n), ntk(n);
         fastntk::cpu::GramOptions opt;
-        opt.n_threads = n_threads;
+        opt.n_threads = fastntk::bindings::threads_for(n_threads);
         const double* px = x.data();
         double* pn = nngp.mutable_data();
         double* pt = ntk.mutable_data();
@@ -110,7 +110,9 @@ void bind_ntk_gram(py::module_& m) {
   m.def(
       "default_tile",
       [](std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads) {
-        return fastntk::cpu::default_tile(n1, n2, symmetric, n_threads);
+        const fastntk::cpu::TileShape shape = fastntk::cpu::default_tile(n1, n2, symmetric, n_threads);
+        return py::make_tuple(shape.rows, shape.cols);
       },
-      py::arg("n1"), py::arg("n2"), py::arg("symmetric"), py::arg("n_threads"));
+      py::arg("n1"), py::arg("n2"), py::arg("symmetric"), py::arg("n_threads"),
+      "(rows, cols): the tile shape ntk_gram chooses for these sizes and threads.");
 }

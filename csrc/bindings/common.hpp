@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "../cpu/fork_guard.hpp"
 #include "fastntk/errors.hpp"  // fastntk::Interrupted
 
 namespace fastntk::bindings {
@@ -22,6 +23,24 @@ inline std::string shape_of(const py::array& a) {
   return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
+// The threads to run with: `n_threads` (0 = OpenMP's default), except in a child forked
+// after this process used its OpenMP team, which runs on one thread (fork_guard.hpp) and
+// says so once with a RuntimeWarning. Called with the GIL held.
+inline int threads_for(int n_threads) {
+  if (!fastntk::cpu::forked_after_parallel_use()) return n_threads;
+  static bool warned = false;  // guarded by the GIL
+  if (!warned) {
+    warned = true;
+    if (PyErr_WarnEx(PyExc_RuntimeWarning,
+                     "fastntk runs single-threaded in this process: it was forked (e.g. by multiprocessing's "
+                     "default 'fork' start method) after fastntk had used its OpenMP threads, which do not "
+                     "survive fork(). Use the 'spawn' or 'forkserver' start method for parallel workers",
+                     1) < 0)
+      throw py::error_already_set();
+  }
+  return 1;
+}
+
 // Runs work(interrupted) with the GIL released. `interrupted` is the callback the native
 // drivers poll between tiles (on the calling thread): it takes the GIL back briefly and
 // asks Python whether a signal is pending. If the driver stops on it (fastntk::Interrupted),
@@ -33,6 +52,7 @@ void run_interruptible(Work&& work) {
     py::gil_scoped_acquire gil;
     return PyErr_CheckSignals() != 0;
   };
+  fastntk::cpu::note_parallel_use();
   bool stopped = false;
   {
     py::gil_scoped_release release;

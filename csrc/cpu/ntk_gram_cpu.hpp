@@ -7,6 +7,7 @@
 
 #include "fastntk/errors.hpp"  // fastntk::Interrupted, thrown on a stop request
 #include "fastntk/program.hpp"
+#include "tiles.hpp"
 
 namespace fastntk {
 namespace cpu {
@@ -54,7 +55,8 @@ void ntk_gram_cpu(const Program& prog, const double* x1, std::int64_t n1, const 
 void ntk_diag_cpu(const Program& prog, const double* x, std::int64_t n, std::int64_t d, double* nngp, double* ntk,
                   const GramOptions& opt = {});
 
-// The tile size the driver would choose.
-int default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads);
+// The tile shape (rows x columns) the driver would choose; GramOptions::tile > 0 sets square
+// tiles of that side instead.
+TileShape default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads);
 }  // namespace cpu
 }  // namespace fastntk

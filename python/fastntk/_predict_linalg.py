@@ -13,8 +13,10 @@ matrices are ill-conditioned and ridgeless solves need it).
 
 from __future__ import annotations
 
+import atexit
 import math
 import numbers
+import threading
 import warnings
 
 import numpy as np
@@ -105,6 +107,14 @@ def kernel_matrix(xp, k, name: str):
     # that and far below any genuinely non-symmetric matrix. Checked and symmetrized by row
     # blocks, in place, so that no N x N temporary is needed.
     scale = max(float(k.max()), -float(k.min()))
+    if 0.0 < scale < np.finfo(np.float64).tiny:
+        # Subnormal entries have lost their precision, and the inverse overflows float64:
+        # the solves would return NaN.
+        raise ValueError(
+            f"{name} is too small to solve with: its largest entry |K| = {scale:.3g} is below the "
+            f"smallest normal float64 ({np.finfo(np.float64).tiny:.3g}); scale the kernel up (and "
+            "the test kernels with it)"
+        )
     limit = math.sqrt(eps) * scale
     block = max(1, (1 << 22) // n)  # ~32 MB of float64 per block
     for i in range(0, n, block):
@@ -119,7 +129,7 @@ def kernel_matrix(xp, k, name: str):
                 f"{limit:.3g}"
             )
         if asym > 0:
-            # Exact symmetry afterwards, so that Cholesky (upper triangle) and eigh (lower)
+            # Exact symmetry afterwards, so that Cholesky and eigh (each reads one triangle)
             # see the same matrix: both mirrors become the mean.
             mean = k[i:j, i:] - 0.5 * d
             k[i:j, i:] = mean
@@ -271,6 +281,120 @@ class Eigen:
         self.lam_safe = xp.where(self.mask, lam, 1.0)
 
 
+def cholesky(a: np.ndarray, rcond_floor: float, *, lower: bool = False):
+    """Cholesky factor of a symmetric float64 NumPy matrix, refused when it is singular to
+    working precision.
+
+    Cholesky can succeed on a matrix that is singular to working precision (a duplicated
+    point leaves a pivot of round-off size); solves with it would then be round-off
+    amplified by ~1/eps. LAPACK's 1-norm reciprocal condition estimate (``dpocon``, O(N^2)
+    given the factor) catches that: at or below ``rcond_floor`` the factor is refused.
+
+    The factorization is NumPy's (LAPACK ``potrf``), which releases the GIL (SciPy's
+    ``cho_factor`` holds it), so that :func:`interruptible` can honour Ctrl-C around it.
+
+    Returns
+    -------
+    factor : (c, lower) as ``scipy.linalg.cho_solve`` takes it (the other triangle of ``c``
+        is zero), or None
+    reason : None, or why the factor was refused (for a warning)
+    """
+    import scipy.linalg
+
+    try:
+        c = np.linalg.cholesky(a)  # lower: a = c c^T
+    except np.linalg.LinAlgError:
+        return None, "Cholesky failed (the matrix is not positive definite)"
+    if not lower:
+        c = np.ascontiguousarray(c.T)
+    anorm = float(np.abs(a).sum(axis=0).max())
+    rcond, info = scipy.linalg.lapack.dpocon(c, anorm, uplo="L" if lower else "U")
+    if info != 0 or not rcond > rcond_floor:
+        return None, (
+            f"it is numerically singular (reciprocal condition number estimate {rcond:.2g} "
+            f"<= N * eps = {rcond_floor:.2g})"
+        )
+    return (c, lower), None
+
+
+def _cholesky_cupy(xp, a, rcond_floor: float):
+    """CuPy's counterpart of :func:`cholesky` (lower factor).
+
+    CuPy's cholesky returns NaN (or raises, under cupyx.errstate(linalg='raise')) on
+    failure. There is no condition estimator, so the test is the pivots: the smallest
+    eigenvalue is at most min_i L_ii^2 and the largest at least max_i L_ii^2, so a pivot
+    ratio below the floor proves numerical singularity (it can miss some).
+    """
+    try:
+        low = xp.linalg.cholesky(a)
+    except Exception:  # noqa: BLE001 - cupy's LinAlgError lives in numpy.linalg or cupy.linalg
+        low = None
+    if low is None or not bool(xp.isfinite(low).all()):
+        return None, "Cholesky failed (the matrix is not positive definite)"
+    piv = xp.diagonal(low) ** 2
+    ratio = float(piv.min() / piv.max())
+    if not ratio > rcond_floor:
+        return (
+            None,
+            f"it is numerically singular (Cholesky pivot ratio {ratio:.2g} <= N * eps = {rcond_floor:.2g})",
+        )
+    return (low, True), None
+
+
+# LAPACK calls on a matrix of at least this many entries (N >= 256) run in a worker thread
+# so that Ctrl-C interrupts the wait (see `interruptible`); for smaller ones the thread's
+# start (~0.1 ms) is not worth it: they take milliseconds.
+_BACKGROUND_ENTRIES = 1 << 16
+
+
+_abandoned: set = set()  # worker threads whose caller was interrupted, still in LAPACK
+
+
+@atexit.register
+def _finish_abandoned() -> None:
+    # An interrupted LAPACK call still runs at exit: wait for it here, before the
+    # interpreter tears down, rather than let it return into a finalizing interpreter.
+    for worker in list(_abandoned):
+        worker.join()
+
+
+def interruptible(fn, entries: int):
+    """``fn()``, with Ctrl-C honoured while it runs when ``entries`` is large.
+
+    One LAPACK call (a Cholesky or an eigendecomposition of N = 4000 takes seconds to
+    minutes) cannot be stopped from outside: a signal is only seen by Python between
+    bytecodes. Run from the main thread, a large call therefore runs in a worker thread
+    while the main thread waits, so that Ctrl-C raises KeyboardInterrupt at once. ``fn``
+    must release the GIL while it computes (NumPy's LAPACK wrappers do; SciPy's do not).
+    The abandoned call finishes in the background (its CPU time and memory are released
+    when it ends, its result is discarded): the process stays usable meanwhile, and waits
+    for it at exit.
+    """
+    if entries < _BACKGROUND_ENTRIES or threading.current_thread() is not threading.main_thread():
+        return fn()
+    box = {}
+
+    def work():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+        finally:
+            _abandoned.discard(threading.current_thread())
+
+    worker = threading.Thread(target=work, name="fastntk-lapack", daemon=True)
+    worker.start()
+    try:
+        worker.join()  # interrupted by Ctrl-C (lock waits are, on POSIX)
+    except BaseException:
+        if worker.is_alive():
+            _abandoned.add(worker)
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 class Factorization:
     """A training kernel ``A = K + reg I`` (float64 (N, N)), factored on demand and cached.
 
@@ -284,6 +408,8 @@ class Factorization:
       round-off of an exact zero (or a negative round-off of one) and are treated as zero.
       Eigenvalues below ``-cutoff`` mean that ``A`` is not positive semi-definite; they are
       treated as zero too (gradient flow on such a mode would diverge), with a warning.
+
+    The factorizations of NumPy arrays honour Ctrl-C (:func:`interruptible`).
     """
 
     def __init__(self, xp, a, eps: float, name: str):
@@ -298,53 +424,13 @@ class Factorization:
 
     # -- Cholesky ------------------------------------------------------------------------
     def _cholesky(self):
-        if self._chol is not None:
-            return self._chol
-        xp, a, n = self.xp, self.a, self.n
-        rcond_floor = n * self.eps  # same scale as the eigenvalue cutoff (see the class doc)
-        if is_numpy_namespace(xp):
-            import scipy.linalg
-
-            try:
-                c, lower = scipy.linalg.cho_factor(a, lower=False, check_finite=False)
-            except np.linalg.LinAlgError:
-                self._chol = ("eigen", "Cholesky failed (the matrix is not positive definite)")
-                return self._chol
-            # Cholesky can succeed on a matrix that is singular to working precision
-            # (a duplicated point leaves a pivot of round-off size); its solution would
-            # then be round-off amplified by ~1/eps. LAPACK's 1-norm condition estimate
-            # (O(N^2) given the factor) catches that.
-            anorm = float(np.abs(a).sum(axis=0).max())
-            rcond, info = scipy.linalg.lapack.dpocon(c, anorm, uplo="U")
-            if info != 0 or not rcond > rcond_floor:
-                self._chol = (
-                    "eigen",
-                    f"it is numerically singular (reciprocal condition number estimate {rcond:.2g} "
-                    f"<= N * eps = {rcond_floor:.2g})",
-                )
-                return self._chol
-            self._chol = ("chol", (c, lower))
-            return self._chol
-        # CuPy: cholesky returns NaN (or raises, under cupyx.errstate(linalg='raise')) on
-        # failure. There is no condition estimator, so the test is the pivots: the smallest
-        # eigenvalue is at most min_i L_ii^2 and the largest at least max_i L_ii^2, so a
-        # pivot ratio below the floor proves numerical singularity (it can miss some).
-        try:
-            low = xp.linalg.cholesky(a)
-        except Exception:  # noqa: BLE001 - cupy's LinAlgError lives in numpy.linalg or cupy.linalg
-            low = None
-        if low is None or not bool(xp.isfinite(low).all()):
-            self._chol = ("eigen", "Cholesky failed (the matrix is not positive definite)")
-            return self._chol
-        piv = xp.diagonal(low) ** 2
-        ratio = float(piv.min() / piv.max())
-        if not ratio > rcond_floor:
-            self._chol = (
-                "eigen",
-                f"it is numerically singular (Cholesky pivot ratio {ratio:.2g} <= N * eps = {rcond_floor:.2g})",
-            )
-            return self._chol
-        self._chol = ("chol", (low, True))
+        if self._chol is None:
+            rcond_floor = self.n * self.eps  # same scale as the eigenvalue cutoff (see the class doc)
+            if is_numpy_namespace(self.xp):
+                factor, reason = interruptible(lambda: cholesky(self.a, rcond_floor, lower=True), self.a.size)
+            else:
+                factor, reason = _cholesky_cupy(self.xp, self.a, rcond_floor)
+            self._chol = ("chol", factor) if factor is not None else ("eigen", reason)
         return self._chol
 
     @property
@@ -369,10 +455,10 @@ class Factorization:
         if self._eig is not None:
             return self._eig
         xp = self.xp
+        # NumPy's eigh (LAPACK syevd) releases the GIL, so that Ctrl-C can interrupt the wait
+        # for it (SciPy's holds the GIL throughout).
         if is_numpy_namespace(xp):
-            import scipy.linalg
-
-            lam, vecs = scipy.linalg.eigh(self.a, check_finite=False)
+            lam, vecs = interruptible(lambda: np.linalg.eigh(self.a), self.a.size)
         else:
             lam, vecs = xp.linalg.eigh(self.a)
         top = float(xp.abs(lam).max())

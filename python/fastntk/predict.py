@@ -25,6 +25,13 @@ eigendecomposition, and its zero modes do not move at finite times; a
 
 NumPy arrays are computed with NumPy/SciPy (LAPACK), CuPy arrays with CuPy (cuSOLVER/cuBLAS),
 and results come back as the input's kind. Everything is computed in float64.
+
+Ctrl-C: most of the time of a large problem is one LAPACK call (the Cholesky factorization
+or the eigendecomposition of the training kernel), which cannot be stopped once started.
+Called from the main thread, it runs in a worker thread while the caller waits, so that
+Ctrl-C raises KeyboardInterrupt at once; the abandoned call still runs to its end in the
+background (taking CPU meanwhile, and delaying the interpreter's exit until it ends) and its
+result is discarded. The next call works normally.
 """
 
 from __future__ import annotations
@@ -257,93 +264,101 @@ def gradient_descent_mse(
     n = float(y.size)
     fac = _la.regularized(xp, k, eps, diag_reg, bool(diag_reg_absolute_scale), "k_train_train")
     del k
-
-    stable = True
-    if discrete:
-        # The stability check needs the spectrum, and any finite step count needs the
-        # eigendecomposition anyway: compute it now so the warning comes at construction.
-        lam_max = float(fac.eigen().lam.max())
-        lr_max = 2.0 * n / lam_max if lam_max > 0 else math.inf
-        stable = lr < lr_max
-        if not stable:
-            warnings.warn(
-                f"learning_rate = {lr:.6g} is at or above the stable maximum 2 n / lambda_max = "
-                f"{lr_max:.6g} (n = y_train.size = {int(n)}, lambda_max = {lam_max:.6g}) for discrete "
-                "gradient-descent steps: the modes with learning_rate * lambda / n >= 2 do not converge",
-                LearningRateWarning,
-                stacklevel=2,
-            )
+    stable = _check_discrete_rate(fac, lr, n) if discrete else True
 
     def predict_fn(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None):
-        _check_requested(fx_train_0, fx_test_0, k_test_train)
-        kt = None
-        if k_test_train is not None:
-            kt = _la.cross_kernel(xp, k_test_train, "k_test_train", n_train)
-        f0 = _la.outputs(
-            xp, 0.0 if fx_train_0 is None else fx_train_0, "fx_train_0", y.shape, "of y_train (N, n_out)"
-        )
-        ft0 = None
-        if fx_test_0 is not None:
-            ft0 = _la.outputs(
-                xp, fx_test_0, "fx_test_0", (kt.shape[0], y.shape[1]), "(k_test_train rows, y_train columns)"
-            )
+        f0, ft0, kt = _initial_outputs(xp, y, n_train, fx_train_0, fx_test_0, k_test_train)
         want_train = fx_train_0 is not None
-
         if t is None and stable:
-            return _infinite(f0, ft0, kt, want_train)
-        if t is None:
-            tau, shape = np.array([np.inf]), ()
-        else:
-            tau, shape = _la.times(t)
-        if discrete:
-            if not np.all((tau == np.floor(tau)) | np.isinf(tau)):
-                raise ValueError(
-                    f"t counts gradient-descent steps when discrete=True: it must hold non-negative "
-                    f"integers (or inf), got {t!r}"
-                )
-        return _finite(tau, shape, f0, ft0, kt, want_train)
-
-    def _infinite(f0, ft0, kt, want_train):
-        r = y - f0
-        out = []
-        if want_train:
-            # Positive definite: the flow interpolates, and y itself is the exact answer
-            # (f0 + (y - f0) would carry an ulp of round-off).
-            train = y.copy() if fac.positive_definite else f0 + fac.project(r, stacklevel=_STACK + 1)
-            out.append(_finish(train, flat))
-        if ft0 is not None:
-            out.append(_finish(ft0 + kt @ fac.solve(r, stacklevel=_STACK + 1), flat))
-        return out[0] if len(out) == 1 else tuple(out)
-
-    def _finite(tau, shape, f0, ft0, kt, want_train):
+            return _mse_at_infinity(fac, y, flat, f0, ft0, kt, want_train)
+        tau, shape = (np.array([np.inf]), ()) if t is None else _la.times(t)
+        if discrete and not np.all((tau == np.floor(tau)) | np.isinf(tau)):
+            raise ValueError(
+                f"t counts gradient-descent steps when discrete=True: it must hold non-negative "
+                f"integers (or inf), got {t!r}"
+            )
         e = fac.eigen()
-        fac.warn_if_degenerate(stacklevel=_STACK)
-        if discrete:
-            phi = _discrete_factor(xp, e, tau, lr, n)
-        else:
-            phi = _flow_factor(xp, e, lr * tau, n)
-        c = e.vecs.T @ (f0 - y)  # (N, n_out): the residual in the eigenbasis
-        out = []
-        if want_train:
-            d = _batched(e.vecs, phi, c)
-            out.append(_finish((f0[None] + d).reshape(shape + y.shape), flat))
-        if ft0 is not None:
-            psi = phi / e.lam_safe[None, :]  # A^+ (e^{-A tau/n} - I) in the eigenbasis; 0 on zero modes
-            m, t_count = kt.shape[0], phi.shape[0]
-            # Either (kt @ V) @ Z or kt @ (V @ Z), Z of shape (N, T n_out): take the cheaper.
-            if m * n_train <= n_train * t_count * y.shape[1]:
-                d = _batched(kt @ e.vecs, psi, c)
-            else:
-                d = _batched(e.vecs, psi, c)  # (T, N, n_out)
-                d = (
-                    (kt @ d.transpose(1, 0, 2).reshape(n_train, -1))
-                    .reshape(m, t_count, -1)
-                    .transpose(1, 0, 2)
-                )
-            out.append(_finish((ft0[None] + d).reshape(shape + ft0.shape), flat))
-        return out[0] if len(out) == 1 else tuple(out)
+        fac.warn_if_degenerate(stacklevel=_STACK - 1)  # called from predict_fn itself
+        phi = _discrete_factor(xp, e, tau, lr, n) if discrete else _flow_factor(xp, e, lr * tau, n)
+        return _mse_at_times(e, phi, shape, y, flat, f0, ft0, kt, want_train)
 
     return predict_fn
+
+
+def _check_discrete_rate(fac, lr: float, n: float) -> bool:
+    """Whether discrete steps of ``lr`` are below the stable maximum ``2 n / lambda_max``;
+    warns (:class:`LearningRateWarning`) when not.
+
+    The check needs the spectrum, and any finite step count needs the eigendecomposition
+    anyway: it is computed here, so that the warning comes when the predictor is built.
+    """
+    lam_max = float(fac.eigen().lam.max())
+    lr_max = 2.0 * n / lam_max if lam_max > 0 else math.inf
+    if lr < lr_max:
+        return True
+    warnings.warn(
+        f"learning_rate = {lr:.6g} is at or above the stable maximum 2 n / lambda_max = "
+        f"{lr_max:.6g} (n = y_train.size = {int(n)}, lambda_max = {lam_max:.6g}) for discrete "
+        "gradient-descent steps: the modes with learning_rate * lambda / n >= 2 do not converge",
+        LearningRateWarning,
+        stacklevel=3,
+    )
+    return False
+
+
+def _initial_outputs(xp, y, n_train: int, fx_train_0, fx_test_0, k_test_train):
+    """A predict_fn's initial outputs and test kernel, checked: (f0 (N, n_out), ft0 (M, n_out)
+    or None, kt (M, N) or None). ``fx_train_0=None`` (no training outputs) starts at 0."""
+    _check_requested(fx_train_0, fx_test_0, k_test_train)
+    kt = None
+    if k_test_train is not None:
+        kt = _la.cross_kernel(xp, k_test_train, "k_test_train", n_train)
+    f0 = _la.outputs(
+        xp, 0.0 if fx_train_0 is None else fx_train_0, "fx_train_0", y.shape, "of y_train (N, n_out)"
+    )
+    ft0 = None
+    if fx_test_0 is not None:
+        ft0 = _la.outputs(
+            xp, fx_test_0, "fx_test_0", (kt.shape[0], y.shape[1]), "(k_test_train rows, y_train columns)"
+        )
+    return f0, ft0, kt
+
+
+def _mse_at_infinity(fac, y, flat: bool, f0, ft0, kt, want_train: bool):
+    """Converged MSE outputs: ``f0 + A A^+ (y - f0)`` on the training points and
+    ``ft0 + kt A^+ (y - f0)`` on the test points."""
+    r = y - f0
+    out = []
+    if want_train:
+        # Positive definite: the flow interpolates, and y itself is the exact answer
+        # (f0 + (y - f0) would carry an ulp of round-off).
+        train = y.copy() if fac.positive_definite else f0 + fac.project(r, stacklevel=_STACK + 1)
+        out.append(_finish(train, flat))
+    if ft0 is not None:
+        out.append(_finish(ft0 + kt @ fac.solve(r, stacklevel=_STACK + 1), flat))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def _mse_at_times(e, phi, shape: tuple, y, flat: bool, f0, ft0, kt, want_train: bool):
+    """MSE outputs at finite times, from the eigendecomposition ``e`` of A and the factors
+    ``phi`` (T, N) of :func:`_flow_factor` or :func:`_discrete_factor`."""
+    c = e.vecs.T @ (f0 - y)  # (N, n_out): the residual in the eigenbasis
+    out = []
+    if want_train:
+        d = _batched(e.vecs, phi, c)
+        out.append(_finish((f0[None] + d).reshape(shape + y.shape), flat))
+    if ft0 is not None:
+        psi = phi / e.lam_safe[None, :]  # A^+ (e^{-A tau/n} - I) in the eigenbasis; 0 on zero modes
+        n_train = e.vecs.shape[0]
+        m, t_count = kt.shape[0], phi.shape[0]
+        # Either (kt @ V) @ Z or kt @ (V @ Z), Z of shape (N, T n_out): take the cheaper.
+        if m * n_train <= n_train * t_count * y.shape[1]:
+            d = _batched(kt @ e.vecs, psi, c)
+        else:
+            d = _batched(e.vecs, psi, c)  # (T, N, n_out)
+            d = (kt @ d.transpose(1, 0, 2).reshape(n_train, -1)).reshape(m, t_count, -1).transpose(1, 0, 2)
+        out.append(_finish((ft0[None] + d).reshape(shape + ft0.shape), flat))
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -509,27 +524,8 @@ def gradient_descent(
         ):
             raise ValueError(f"momentum must be None or a finite real number, got {momentum!r}")
         momentum = float(momentum)
-    if isinstance(loss, str):
-        if loss not in _LOSSES:
-            raise ValueError(
-                f"loss: unknown built-in loss {loss!r}; expected one of {sorted(_LOSSES)} or a callable"
-            )
-        loss_obj = _LOSSES[loss]
-        if loss_obj.name == "cross_entropy" and flat:
-            raise ValueError(
-                f"loss='cross_entropy' needs y_train of shape (N, n_classes) (one row of labels per "
-                f"point), got shape {(n_train,)}"
-            )
-    elif callable(loss):
-        loss_obj = _UserLoss(loss, y_shape)
-    else:
-        raise TypeError(f"loss must be 'mse', 'cross_entropy' or a callable gradient, got {loss!r}")
-    if integrator not in ("auto", "scipy", "rk4"):
-        raise ValueError(f"integrator must be 'auto', 'scipy' or 'rk4', got {integrator!r}")
-    if integrator == "auto":
-        integrator = "scipy" if _la.is_numpy_namespace(xp) else "rk4"
-    if integrator == "scipy" and not _la.is_numpy_namespace(xp):
-        raise ValueError("integrator='scipy' runs on the CPU and needs NumPy arrays; CuPy arrays use 'rk4'")
+    loss_obj = _loss_object(loss, y_shape, flat)
+    integrator = _integrator_for(integrator, xp)
     rtol = _la.positive_real(rtol, "rtol")
     atol = _la.positive_real(atol, "atol")
     if step_size is not None:
@@ -546,125 +542,216 @@ def gradient_descent(
         time_scale, damping = math.sqrt(lr), (momentum - 1.0) / math.sqrt(lr)
 
     def predict_fn(t=None, fx_train_or_state_0=0.0, fx_test_0=None, k_test_train=None):
-        as_state = isinstance(fx_train_or_state_0, ODEState)
-        if as_state:
-            if fx_test_0 is not None:
-                raise ValueError("fx_test_0 is part of the ODEState passed as fx_train_or_state_0: pass None")
-            st = fx_train_or_state_0
-            fx_train_0, fx_test_0, q_train_0, q_test_0 = st.fx_train, st.fx_test, st.qx_train, st.qx_test
-            if momentum is None and (q_train_0 is not None or q_test_0 is not None):
-                raise ValueError("the ODEState has velocities qx_train/qx_test, but momentum is None")
-        else:
-            fx_train_0, q_train_0, q_test_0 = fx_train_or_state_0, None, None
-        if not as_state:
-            _check_requested(fx_train_0, fx_test_0, k_test_train)
-        elif fx_test_0 is not None and k_test_train is None:
-            raise ValueError("the ODEState has fx_test, but k_test_train is None")
-        if t is None:
-            raise ValueError(
-                "t=None (infinite time) is not available for a general loss: the flow need not "
-                "converge (cross-entropy drives the logits to infinity). Pass finite times, or use "
-                "gradient_descent_mse for the closed-form t=inf of MSE"
-            )
-        tau, shape = _la.times(t)
-        if np.isinf(tau).any():
-            raise ValueError(f"t must be finite for gradient_descent (it integrates an ODE), got {t!r}")
+        request = _ode_request(momentum, fx_train_or_state_0, fx_test_0, k_test_train)
+        tau, shape = _ode_times(t)
         tau = tau * time_scale
-
-        kt = None
-        if k_test_train is not None:
-            kt = _la.cross_kernel(xp, k_test_train, "k_test_train", n_train)
-        f0 = _la.outputs(xp, 0.0 if fx_train_0 is None else fx_train_0, "fx_train_0", y.shape, "of y_train")
-        parts = [f0]
-        if fx_test_0 is not None:
-            parts.append(
-                _la.outputs(
-                    xp,
-                    fx_test_0,
-                    "fx_test_0",
-                    (kt.shape[0], y.shape[1]),
-                    "(k_test_train rows, y_train columns)",
-                )
-            )
-        if momentum is not None:
-            parts.append(
-                _la.outputs(xp, 0.0 if q_train_0 is None else q_train_0, "qx_train", y.shape, "of y_train")
-            )
-            if fx_test_0 is not None:
-                parts.append(
-                    _la.outputs(
-                        xp, 0.0 if q_test_0 is None else q_test_0, "qx_test", parts[1].shape, "of fx_test"
-                    )
-                )
-        shapes = [p.shape for p in parts]
-        sizes = [p.size for p in parts]
-        has_test = fx_test_0 is not None
-
-        def unpack(v):
-            out, i = [], 0
-            for s, size in zip(shapes, sizes):
-                out.append(v[i : i + size].reshape(s))
-                i += size
-            return out
-
-        def rhs(v):
-            s = unpack(v)
-            g = loss_obj.grad(xp, s[0], y)
-            d = [-(k @ g)]
-            if has_test:
-                d.append(-(kt @ g))
-            if momentum is None:
-                return xp.concatenate([a.ravel() for a in d])
-            q = s[len(d) :]
-            acc = [di + damping * qi for di, qi in zip(d, q)]
-            return xp.concatenate([a.ravel() for a in q + acc])
-
-        # Momentum state order is (f_train, f_test, q_train, q_test); rhs returns
-        # (q_train, q_test, acc_train, acc_test) in the same order.
-        state0 = xp.concatenate([p.ravel() for p in parts])
+        start = _ode_start(xp, y, n_train, momentum, request, k_test_train)
+        rhs = _ode_rhs(
+            xp, loss_obj, y, k, start.kt if start.has_test else None, damping, start.shapes, start.sizes
+        )
+        state0 = xp.concatenate([p.ravel() for p in start.parts])
         uniq, inverse = np.unique(tau, return_inverse=True)
         if uniq[-1] == 0.0:
             traj = xp.stack([state0] * len(uniq))
         elif integrator == "scipy":
-            from scipy.integrate import solve_ivp
-
-            sol = solve_ivp(
-                lambda _t, v: rhs(v),
-                (0.0, float(uniq[-1])),
-                state0,
-                method=method,
-                t_eval=uniq,
-                rtol=rtol,
-                atol=atol,
-            )
-            if sol.status != 0:
-                raise RuntimeError(f"gradient_descent: the ODE solver failed: {sol.message}")
-            traj = sol.y.T
+            traj = _solve_ivp(rhs, state0, uniq, method, rtol, atol)
         else:
             step = step_size
             if step is None:
-                # Gershgorin: lambda_max(Theta) <= max row sum of |Theta|.
-                lam_bound = float(xp.abs(k).sum(axis=1).max())
-                rate = lam_bound * loss_obj.curvature(y)
-                if momentum is not None:
-                    rate = abs(damping) + math.sqrt(rate)
-                step = 0.05 / rate if rate > 0 else float(uniq[-1])
+                step = _rk4_step(xp, k, loss_obj.curvature(y), damping, float(uniq[-1]))
             traj = _rk4(xp, rhs, state0, uniq, step)
         traj = traj[xp.asarray(inverse.reshape(-1))]
-        states = [a.reshape(shape + s) for a, s in zip(_split(traj, sizes), shapes)]
-        f_train = _finish(states[0], flat)
-        f_test = _finish(states[1], flat) if has_test else None
-        if as_state:
-            q_train = q_test = None
-            if momentum is not None:
-                q_train = _finish(states[2 if has_test else 1], flat)
-                q_test = _finish(states[3], flat) if has_test else None
-            return ODEState(f_train, f_test, q_train, q_test)
-        if fx_train_0 is not None and has_test:
-            return f_train, f_test
-        return f_test if has_test else f_train
+        return _ode_result(traj, shape, start, flat, momentum is not None)
 
     return predict_fn
+
+
+def _loss_object(loss, y_shape: tuple, flat: bool):
+    """The loss's gradient (and curvature bound) behind gradient_descent's ``loss``."""
+    if isinstance(loss, str):
+        if loss not in _LOSSES:
+            raise ValueError(
+                f"loss: unknown built-in loss {loss!r}; expected one of {sorted(_LOSSES)} or a callable"
+            )
+        loss_obj = _LOSSES[loss]
+        if loss_obj.name == "cross_entropy" and flat:
+            raise ValueError(
+                f"loss='cross_entropy' needs y_train of shape (N, n_classes) (one row of labels per "
+                f"point), got shape {y_shape}"
+            )
+        return loss_obj
+    if callable(loss):
+        return _UserLoss(loss, y_shape)
+    raise TypeError(f"loss must be 'mse', 'cross_entropy' or a callable gradient, got {loss!r}")
+
+
+def _integrator_for(integrator, xp) -> str:
+    """'scipy' or 'rk4' from gradient_descent's ``integrator`` and the arrays' kind."""
+    if integrator not in ("auto", "scipy", "rk4"):
+        raise ValueError(f"integrator must be 'auto', 'scipy' or 'rk4', got {integrator!r}")
+    if integrator == "auto":
+        return "scipy" if _la.is_numpy_namespace(xp) else "rk4"
+    if integrator == "scipy" and not _la.is_numpy_namespace(xp):
+        raise ValueError("integrator='scipy' runs on the CPU and needs NumPy arrays; CuPy arrays use 'rk4'")
+    return integrator
+
+
+@dataclasses.dataclass
+class _ODEStart:
+    """The checked start of gradient_descent's ODE.
+
+    parts : the state's pieces, in the order (f_train, f_test, q_train, q_test) (the test
+        pieces only with test outputs, the velocities only with momentum)
+    shapes, sizes : of each piece
+    kt : test-train kernel (M, N) or None
+    has_test : whether test outputs are integrated
+    as_state : whether the caller passed (and gets back) an :class:`ODEState`
+    want_train : whether the caller asked for training outputs
+    """
+
+    parts: list
+    shapes: list
+    sizes: list
+    kt: Any
+    has_test: bool
+    as_state: bool
+    want_train: bool
+
+
+def _ode_request(momentum, fx_train_or_state_0, fx_test_0, k_test_train):
+    """What a gradient_descent predict_fn was asked for: (as_state, fx_train_0, fx_test_0,
+    q_train_0, q_test_0), with the combinations that cannot work refused."""
+    as_state = isinstance(fx_train_or_state_0, ODEState)
+    if as_state:
+        if fx_test_0 is not None:
+            raise ValueError("fx_test_0 is part of the ODEState passed as fx_train_or_state_0: pass None")
+        st = fx_train_or_state_0
+        fx_train_0, fx_test_0, q_train_0, q_test_0 = st.fx_train, st.fx_test, st.qx_train, st.qx_test
+        if momentum is None and (q_train_0 is not None or q_test_0 is not None):
+            raise ValueError("the ODEState has velocities qx_train/qx_test, but momentum is None")
+        if fx_test_0 is not None and k_test_train is None:
+            raise ValueError("the ODEState has fx_test, but k_test_train is None")
+    else:
+        fx_train_0, q_train_0, q_test_0 = fx_train_or_state_0, None, None
+        _check_requested(fx_train_0, fx_test_0, k_test_train)
+    return as_state, fx_train_0, fx_test_0, q_train_0, q_test_0
+
+
+def _ode_start(xp, y, n_train: int, momentum, request, k_test_train) -> _ODEStart:
+    """The checked initial outputs (and velocities) and test kernel of a request (see
+    :func:`_ode_request`)."""
+    as_state, fx_train_0, fx_test_0, q_train_0, q_test_0 = request
+    kt = None
+    if k_test_train is not None:
+        kt = _la.cross_kernel(xp, k_test_train, "k_test_train", n_train)
+    parts = [_la.outputs(xp, 0.0 if fx_train_0 is None else fx_train_0, "fx_train_0", y.shape, "of y_train")]
+    if fx_test_0 is not None:
+        parts.append(
+            _la.outputs(
+                xp, fx_test_0, "fx_test_0", (kt.shape[0], y.shape[1]), "(k_test_train rows, y_train columns)"
+            )
+        )
+    if momentum is not None:
+        parts.append(
+            _la.outputs(xp, 0.0 if q_train_0 is None else q_train_0, "qx_train", y.shape, "of y_train")
+        )
+        if fx_test_0 is not None:
+            parts.append(
+                _la.outputs(
+                    xp, 0.0 if q_test_0 is None else q_test_0, "qx_test", parts[1].shape, "of fx_test"
+                )
+            )
+    return _ODEStart(
+        parts=parts,
+        shapes=[p.shape for p in parts],
+        sizes=[p.size for p in parts],
+        kt=kt,
+        has_test=fx_test_0 is not None,
+        as_state=as_state,
+        want_train=fx_train_0 is not None,
+    )
+
+
+def _ode_times(t):
+    """gradient_descent's times, checked: (flat float64 times, their shape)."""
+    if t is None:
+        raise ValueError(
+            "t=None (infinite time) is not available for a general loss: the flow need not "
+            "converge (cross-entropy drives the logits to infinity). Pass finite times, or use "
+            "gradient_descent_mse for the closed-form t=inf of MSE"
+        )
+    tau, shape = _la.times(t)
+    if np.isinf(tau).any():
+        raise ValueError(f"t must be finite for gradient_descent (it integrates an ODE), got {t!r}")
+    return tau, shape
+
+
+def _ode_rhs(xp, loss_obj, y, k, kt, damping, shapes, sizes):
+    """The right-hand side of gradient_descent's ODE on the flat state.
+
+    Without momentum the state is (f_train, f_test) and the rate ``-Theta g``; with momentum
+    the state is (f_train, f_test, q_train, q_test) and the rate (q_train, q_test, acc_train,
+    acc_test) with ``acc = -Theta g + damping q``.
+    """
+
+    def unpack(v):
+        out, i = [], 0
+        for s, size in zip(shapes, sizes):
+            out.append(v[i : i + size].reshape(s))
+            i += size
+        return out
+
+    def rhs(v):
+        s = unpack(v)
+        g = loss_obj.grad(xp, s[0], y)
+        d = [-(k @ g)]
+        if kt is not None:
+            d.append(-(kt @ g))
+        if damping is None:
+            return xp.concatenate([a.ravel() for a in d])
+        q = s[len(d) :]
+        acc = [di + damping * qi for di, qi in zip(d, q)]
+        return xp.concatenate([a.ravel() for a in q + acc])
+
+    return rhs
+
+
+def _solve_ivp(rhs, state0, taus, method: str, rtol: float, atol: float):
+    """SciPy's solve_ivp from 0 to the last of the sorted unique ``taus``: (T, state size)."""
+    from scipy.integrate import solve_ivp
+
+    sol = solve_ivp(
+        lambda _t, v: rhs(v), (0.0, float(taus[-1])), state0, method=method, t_eval=taus, rtol=rtol, atol=atol
+    )
+    if sol.status != 0:
+        raise RuntimeError(f"gradient_descent: the ODE solver failed: {sol.message}")
+    return sol.y.T
+
+
+def _rk4_step(xp, k, curvature: float, damping, span: float) -> float:
+    """RK4's default step in tau: 0.05 over a bound on the ODE's fastest rate."""
+    # Gershgorin: lambda_max(Theta) <= max row sum of |Theta|.
+    lam_bound = float(xp.abs(k).sum(axis=1).max())
+    rate = lam_bound * curvature
+    if damping is not None:
+        rate = abs(damping) + math.sqrt(rate)
+    return 0.05 / rate if rate > 0 else span
+
+
+def _ode_result(traj, shape: tuple, start: _ODEStart, flat: bool, with_momentum: bool):
+    """What a gradient_descent predict_fn returns, from the trajectory (times, state size)."""
+    states = [a.reshape(shape + s) for a, s in zip(_split(traj, start.sizes), start.shapes)]
+    f_train = _finish(states[0], flat)
+    f_test = _finish(states[1], flat) if start.has_test else None
+    if start.as_state:
+        q_train = q_test = None
+        if with_momentum:
+            q_train = _finish(states[2 if start.has_test else 1], flat)
+            q_test = _finish(states[3], flat) if start.has_test else None
+        return ODEState(f_train, f_test, q_train, q_test)
+    if start.want_train and start.has_test:
+        return f_train, f_test
+    return f_test if start.has_test else f_train
 
 
 def _split(traj, sizes):
@@ -956,63 +1043,18 @@ def gradient_descent_mse_ensemble(
         :class:`Gaussian` with the covariance ``t.shape + (M, M)``; one string ``get`` returns
         its result alone, otherwise a named tuple ``Gaussians``.
     """
-    if not callable(kernel_fn) and callable(getattr(kernel_fn, "kernel", None)):
-        kernel_fn = kernel_fn.kernel
-    if not callable(kernel_fn):
-        raise TypeError(
-            f"kernel_fn must be a fastntk network or a callable kernel_fn(x1, x2, get), got {kernel_fn!r}"
-        )
+    kernel_fn = _as_kernel_fn(kernel_fn)
     lr = _la.positive_real(learning_rate, "learning_rate")
     diag_reg = _la.positive_real(diag_reg, "diag_reg", allow_zero=True)
     y_shape = tuple(getattr(y_train, "shape", np.shape(y_train)))
     if len(y_shape) not in (1, 2):
         raise ValueError(f"y_train must have shape (N,) or (N, n_out), got shape {y_shape}")
     _la.check_trace_axes(trace_axes, len(y_shape))
-    n_train = y_shape[0]
-    absolute = bool(diag_reg_absolute_scale)
-
-    state = {"xp": None, "y": None, "flat": None}
-    k_dd = {}  # g -> (float64 (N, N), eps)
-    facs = {}
 
     def call(x1, x2, names):
-        res = kernel_fn(x1, x2, names, **kernel_fn_kwargs)
-        if _is_array(res):
-            if len(names) != 1:
-                raise TypeError(
-                    f"kernel_fn returned one array for the kernels {names}; expected an object with "
-                    ".nngp and .ntk (or a dict)"
-                )
-            return {names[0]: res}
-        return {g: _part(res, g, "kernel_fn's result") for g in names}
+        return _call_kernel_fn(kernel_fn, kernel_fn_kwargs, x1, x2, names)
 
-    def train_kernels(names):
-        missing = tuple(g for g in names if g not in k_dd)
-        if missing:
-            res = call(x_train, None, missing)
-            for g in missing:
-                xp = _la.namespace(res[g], y_train)
-                k, eps = _la.kernel_matrix(xp, res[g], f"kernel_fn(x_train, None).{g}")
-                if k.shape[0] != n_train:
-                    raise ValueError(
-                        f"kernel_fn(x_train, None).{g} has shape {tuple(k.shape)} but y_train has shape "
-                        f"{y_shape}: they must have the same number of training points"
-                    )
-                k_dd[g] = (k, eps)
-                if state["xp"] is None:
-                    state["xp"] = xp
-                    state["y"], state["flat"] = _la.targets(
-                        xp, y_train, n_train, f"kernel_fn(x_train, None).{g}"
-                    )
-        return {g: k_dd[g][0] for g in names}
-
-    def fac(g):
-        if g not in facs:
-            k, eps = k_dd[g]
-            facs[g] = _la.regularized(
-                state["xp"], k, eps, diag_reg, absolute, f"kernel_fn(x_train, None).{g}"
-            )
-        return facs[g]
+    train = _EnsembleTraining(call, x_train, y_train, y_shape, diag_reg, bool(diag_reg_absolute_scale))
 
     def predict_fn(t=None, x_test=None, get=None, compute_cov=False):
         names, single = parse_get(get, _GET_NAMES, what="mode")
@@ -1020,20 +1062,14 @@ def gradient_descent_mse_ensemble(
         tau = shape = None
         if t is not None:
             tau, shape = _la.times(t)
-        kdd = train_kernels(deps)
-        xp, y, flat = state["xp"], state["y"], state["flat"]
+        kdd = train.kernels(deps)
+        xp, y, flat = train.xp, train.y, train.flat
         k_td = k_tt = None
         if x_test is not None:
-            res = call(x_test, x_train, deps)
-            k_td = {g: _la.cross_kernel(xp, res[g], f"kernel_fn(x_test, x_train).{g}", n_train) for g in deps}
-            if compute_cov:
-                m = k_td[deps[0]].shape[0]
-                k_tt = _la.square_kernel(
-                    xp, call(x_test, None, ("nngp",))["nngp"], "kernel_fn(x_test, None).nngp", m, "x_test"
-                )
+            k_td, k_tt = _ensemble_test_kernels(call, xp, x_test, x_train, deps, compute_cov, train.n_train)
         out = {}
         for g in names:
-            f = fac(g)
+            f = train.factorization(g)
             if t is None:
                 # Both modes start from the NNGP covariance (only the NTK mode trains all layers).
                 td = td_init = None
@@ -1053,6 +1089,89 @@ def gradient_descent_mse_ensemble(
         return _pack(out, single)
 
     return predict_fn
+
+
+def _as_kernel_fn(kernel_fn):
+    """A fastntk network's ``.kernel``, or the callable itself."""
+    if not callable(kernel_fn) and callable(getattr(kernel_fn, "kernel", None)):
+        kernel_fn = kernel_fn.kernel
+    if not callable(kernel_fn):
+        raise TypeError(
+            f"kernel_fn must be a fastntk network or a callable kernel_fn(x1, x2, get), got {kernel_fn!r}"
+        )
+    return kernel_fn
+
+
+def _call_kernel_fn(kernel_fn, kwargs: dict, x1, x2, names: tuple) -> dict:
+    """``{name: kernel}`` from ``kernel_fn(x1, x2, names, **kwargs)``, whatever it returns
+    (an object with the kernels as attributes, a dict, or one array for one name)."""
+    res = kernel_fn(x1, x2, names, **kwargs)
+    if _is_array(res):
+        if len(names) != 1:
+            raise TypeError(
+                f"kernel_fn returned one array for the kernels {names}; expected an object with "
+                ".nngp and .ntk (or a dict)"
+            )
+        return {names[0]: res}
+    return {g: _part(res, g, "kernel_fn's result") for g in names}
+
+
+class _EnsembleTraining:
+    """The training side of :func:`gradient_descent_mse_ensemble`: the training kernels,
+    computed when first needed (``kernels``), and their factorizations (``factorization``).
+    The array namespace and the checked targets come with the first kernel."""
+
+    def __init__(self, call, x_train, y_train, y_shape, diag_reg: float, absolute: bool):
+        self.call = call
+        self.x_train = x_train
+        self.y_train = y_train
+        self.y_shape = y_shape
+        self.n_train = y_shape[0]
+        self.diag_reg = diag_reg
+        self.absolute = absolute
+        self.xp = self.y = self.flat = None
+        self._k = {}  # g -> (float64 (N, N), eps)
+        self._facs = {}
+
+    def kernels(self, names) -> dict:
+        missing = tuple(g for g in names if g not in self._k)
+        if missing:
+            res = self.call(self.x_train, None, missing)
+            for g in missing:
+                name = f"kernel_fn(x_train, None).{g}"
+                xp = _la.namespace(res[g], self.y_train)
+                k, eps = _la.kernel_matrix(xp, res[g], name)
+                if k.shape[0] != self.n_train:
+                    raise ValueError(
+                        f"{name} has shape {tuple(k.shape)} but y_train has shape {self.y_shape}: they "
+                        "must have the same number of training points"
+                    )
+                self._k[g] = (k, eps)
+                if self.xp is None:
+                    self.xp = xp
+                    self.y, self.flat = _la.targets(xp, self.y_train, self.n_train, name)
+        return {g: self._k[g][0] for g in names}
+
+    def factorization(self, g):
+        if g not in self._facs:
+            k, eps = self._k[g]
+            name = f"kernel_fn(x_train, None).{g}"
+            self._facs[g] = _la.regularized(self.xp, k, eps, self.diag_reg, self.absolute, name)
+        return self._facs[g]
+
+
+def _ensemble_test_kernels(call, xp, x_test, x_train, deps, compute_cov: bool, n_train: int):
+    """The test-train kernels {g: (M, N)} of the modes ``deps`` and, with ``compute_cov``,
+    the test-test NNGP (M, M), checked."""
+    res = call(x_test, x_train, deps)
+    k_td = {g: _la.cross_kernel(xp, res[g], f"kernel_fn(x_test, x_train).{g}", n_train) for g in deps}
+    k_tt = None
+    if compute_cov:
+        m = k_td[deps[0]].shape[0]
+        k_tt = _la.square_kernel(
+            xp, call(x_test, None, ("nngp",))["nngp"], "kernel_fn(x_test, None).nngp", m, "x_test"
+        )
+    return k_td, k_tt
 
 
 def _ensemble_finite(xp, g, fac, y, tau, kdd, k_td, k_tt, compute_cov):
@@ -1146,11 +1265,9 @@ def max_learning_rate(
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not math.isfinite(momentum):
         raise ValueError(f"momentum must be a finite real number, got {momentum!r}")
     if _la.is_numpy_namespace(xp):
-        import scipy.linalg
-
-        lam_max = float(
-            scipy.linalg.eigh(k, eigvals_only=True, subset_by_index=[n - 1, n - 1], check_finite=False)[-1]
-        )
+        # NumPy's eigvalsh releases the GIL (Ctrl-C can interrupt the wait, see
+        # _predict_linalg.interruptible); the tridiagonalization dominates either way.
+        lam_max = float(_la.interruptible(lambda: np.linalg.eigvalsh(k), k.size)[-1])
     else:
         lam_max = float(xp.linalg.eigvalsh(k)[-1])
     return 2.0 * (1.0 + float(momentum)) * factor / (lam_max + eps)
