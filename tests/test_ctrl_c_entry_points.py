@@ -58,7 +58,10 @@ def test_gradient_descent_mse():
         a = rng.standard_normal((n, 40))
         fastntk.predict.gradient_descent_mse(a @ a.T / 40 + np.eye(n), np.ones(n))(t=1.0)
 
-    n = size_for(TARGET, job, 256, power=3)  # 256: the size from which LAPACK runs in a worker
+    # Timed at 512 (above 256, from which LAPACK runs in a worker), for twice the target: a
+    # timing inflated by other threads still spinning (OpenMP's wait policy) must not
+    # undersize it, and the work after the interrupt costs nothing (the process leaves).
+    n = size_for(2 * TARGET, job, 512, power=3)
     setup = f"""
     import numpy as np, scipy.linalg, fastntk.predict
     rng = np.random.default_rng(0)
