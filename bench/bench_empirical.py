@@ -45,10 +45,7 @@ W_STD, B_STD = 1.5, 0.1
 
 
 def network(width: int, depth: int = DEPTH, n_out: int = N_OUT):
-    layers = []
-    for _ in range(depth):
-        layers += [nt.Dense(width, W_STD, B_STD), nt.Relu()]
-    return nt.serial(*layers, nt.Dense(n_out, W_STD, B_STD))
+    return nt.mlp("relu", depth, W_std=W_STD, b_std=B_STD, width=width, n_out=n_out)
 
 
 def inputs(n: int, d: int = D, seed: int = 0) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Benchmark of the analytic Gram matrices: fastntk vs the NumPy reference vs one GEMM.
 
     python bench/bench_kernels.py [--quick] [--no-reference] [--json FILE]
+    python bench/bench_kernels.py --threads 1,2,4,8,16 [--quick] [--json FILE]
 
 For N in {1000, 4000}, d in {16, 784}, a depth-5 MLP (relu and erf), x2=None and
 x2 != x1, nngp + ntk in float64, it measures in one run:
@@ -13,6 +14,11 @@ x2 != x1, nngp + ntk in float64, it measures in one run:
     and output writes with no recursion: what the recursion adds is the difference;
 and the ratios, pair-layers per second (pairs actually computed x depth) and the
 peak resident memory beyond the outputs.
+
+With --threads, it measures thread scaling instead: the depth-5 relu kernel at N=4000,
+d=784 (x2=None and x2 != x1) with each thread count (fastntk.set_num_threads), its
+speed-up over the first count, and NumPy's GEMM of the same shape limited to the same
+number of BLAS threads.
 """
 
 from __future__ import annotations
@@ -33,11 +39,8 @@ DEPTH = 5
 
 
 def network(act: str, depth: int):
-    layer = {"relu": nt.Relu, "erf": nt.Erf}[act]
-    layers = [nt.Dense(W_std=1.5, b_std=0.1)]
-    for _ in range(depth):
-        layers += [layer(), nt.Dense(W_std=1.5, b_std=0.1)]
-    return nt.serial(*(layers[:-1] if depth == 0 else layers))
+    """depth x [Dense, act], Dense (W_std 1.5, b_std 0.1); its reference: reference_spec."""
+    return nt.mlp(act, depth, W_std=1.5, b_std=0.1)
 
 
 def reference_spec(act: str, depth: int):
@@ -97,6 +100,57 @@ def run(sizes, dims, acts, with_reference: bool):
     return rows
 
 
+def run_threads(counts, n, d):
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    x1 = rng.standard_normal((n, d))
+    x2 = rng.standard_normal((n, d))
+    net = network("relu", DEPTH)
+    saved = nt.get_num_threads()
+    rows = []
+    try:
+        for sym in (True, False):
+            b = None if sym else x2
+            first = None
+            for threads in counts:
+                nt.set_num_threads(threads)
+                with threadpool_limits(threads, user_api="blas"):
+                    t_ours = best_time(lambda: net.kernel(x1, b))
+                    t_numpy = best_time(lambda: x1 @ x1.T if sym else x1 @ x2.T)
+                first = t_ours if first is None else first
+                rows.append(dict(
+                    N=n, d=d, act="relu", x2="None" if sym else "other", threads=threads, fastntk_s=t_ours,
+                    speedup=first / t_ours, per_thread_efficiency=first * counts[0] / (t_ours * threads),
+                    numpy_gemm_s=t_numpy, vs_numpy_gemm=t_ours / t_numpy,
+                ))  # fmt: skip
+                r = rows[-1]
+                print(f"N={n} d={d} x2={r['x2']:5s} threads={threads:3d} fastntk {t_ours:.4f}s "
+                      f"speed-up {r['speedup']:.2f}x numpy-gemm {t_numpy:.4f}s", flush=True)  # fmt: skip
+    finally:
+        nt.set_num_threads(saved)
+    return rows
+
+
+def threads_table(rows) -> str:
+    headers = ["N", "d", "act", "x2", "threads", "fastntk s", "speed-up", "efficiency", "GEMM s (numpy)",
+               "fastntk/GEMM"]  # fmt: skip
+    body = [[r["N"], r["d"], r["act"], r["x2"], r["threads"], f"{r['fastntk_s']:.4f}", f"{r['speedup']:.2f}x",
+             f"{r['per_thread_efficiency']:.0%}", f"{r['numpy_gemm_s']:.4f}", f"{r['vs_numpy_gemm']:.2f}"]
+            for r in rows]  # fmt: skip
+    return markdown_table(headers, body)
+
+
+def _thread_counts(text: str) -> list[int]:
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return counts
+
+
 def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -128,10 +182,28 @@ def main(argv=None):
     p.add_argument(
         "--json", default="kernels.json", help="file name under bench/results (default kernels.json)"
     )
+    p.add_argument(
+        "--threads",
+        type=_thread_counts,
+        metavar="1,2,4,...",
+        help="measure thread scaling with these thread counts instead (default JSON file kernels_threads.json)",
+    )
     args = p.parse_args(argv)
+    info = {"machine": machine(), "build": nt.build_info(), "threads": nt.get_num_threads(), "depth": DEPTH}
+    if args.threads:
+        n, d = (1000, 64) if args.quick else (4000, 784)
+        rows = run_threads(args.threads, n, d)
+        print()
+        print(
+            f"fastntk {nt.__version__} on {info['machine'].get('cpu', '?')}, BLAS core {info['build']['blas_core']}, "
+            f"SIMD {info['build']['simd']}; depth {DEPTH}, float64, nngp+ntk"
+        )
+        print(threads_table(rows))
+        name = "kernels_threads.json" if args.json == "kernels.json" else args.json
+        print(f"\nJSON: {write_json(name, {'info': info, 'rows': rows})}")
+        return
     sizes, dims = ((300,), (16, 64)) if args.quick else ((1000, 4000), (16, 784))
     rows = run(sizes, dims, ("relu", "erf"), not args.no_reference)
-    info = {"machine": machine(), "build": nt.build_info(), "threads": nt.get_num_threads(), "depth": DEPTH}
     print()
     print(
         f"fastntk {nt.__version__} on {info['machine'].get('cpu', '?')}, {info['threads']} threads, "

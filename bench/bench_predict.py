@@ -45,7 +45,7 @@ def direct(k, kt, y, f0, ft0, lr, t):
 
 def run(sizes, full: bool):
     rng = np.random.default_rng(0)
-    net = nt.serial(nt.Dense(W_std=1.5, b_std=0.1), nt.Erf(), nt.Dense(W_std=1.5, b_std=0.1))
+    net = nt.mlp("erf", 1, W_std=1.5, b_std=0.1)
     rows, records = [], []
     lr = 1.0
     for n in sizes:

@@ -35,7 +35,7 @@ import skntk
 from sklearn.gaussian_process import GaussianProcessRegressor
 
 import fastntk as nt
-from fastntk import _sklearn_arch
+from fastntk import _depth_selection, _sklearn_arch
 from fastntk.sklearn import NNGP, NTK, NeuralTangentKernel, NTKRegressor
 
 from _common import best_time, machine, markdown_table, write_json
@@ -219,7 +219,7 @@ def section_sweep(n, d, depths):
         "bench", depth=list(depths), activation="relu", W_std=2**0.5, b_std=0.1
     )
     one, separate = paired_best(
-        lambda: _sklearn_arch.kernels_by_depth(arch, x, "ntk"),
+        lambda: _depth_selection.kernels_by_depth(arch, x, "ntk"),
         lambda: [_sklearn_arch.mlp(arch, L).kernel(x, get="ntk") for L in depths],
         repeat=3,
     )

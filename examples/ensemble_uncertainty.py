@@ -33,10 +33,7 @@ def network(depth: int = 2):
     With 1-D inputs the first layer sees a pair only through W_std^2 x y + b_std^2: a small
     bias would leave the kernel a function of the signs of x and y, hardly of their
     distance, and the band would not widen away from the data; b_std = 1 makes it."""
-    layers = []
-    for _ in range(depth):
-        layers += [nt.Dense(512, W_std=1.5, b_std=1.0), nt.Erf()]
-    return nt.serial(*layers, nt.Dense(1, W_std=1.5, b_std=1.0))
+    return nt.mlp("erf", depth, W_std=1.5, b_std=1.0, width=512, n_out=1)
 
 
 def data(n_train: int = 8, n_test: int = 100, noise: float = 0.05, seed: int = 0):

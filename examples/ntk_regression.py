@@ -48,10 +48,7 @@ def load(path=None, target=None, n_samples=1000, seed=0):
 
 def network(depth: int = 3):
     """depth hidden ReLU layers; W_std = sqrt(2) keeps the variance through ReLU (He)."""
-    layers = []
-    for _ in range(depth):
-        layers += [nt.Dense(W_std=np.sqrt(2.0), b_std=0.05), nt.Relu()]
-    return nt.serial(*layers, nt.Dense(W_std=np.sqrt(2.0), b_std=0.05))
+    return nt.mlp("relu", depth, W_std=np.sqrt(2.0), b_std=0.05)
 
 
 def r2(pred, y) -> float:

@@ -29,10 +29,7 @@ OUT = pathlib.Path(__file__).resolve().parent / "out"
 
 
 def network(width, depth: int = 2):
-    layers = []
-    for _ in range(depth):
-        layers += [nt.Dense(width, W_std=1.5, b_std=1.0), nt.Erf()]
-    return nt.serial(*layers, nt.Dense(1, W_std=1.5, b_std=1.0))
+    return nt.mlp("erf", depth, W_std=1.5, b_std=1.0, width=width, n_out=1)
 
 
 def data(n_train: int = 16, n_test: int = 64, noise: float = 0.1, seed: int = 0):

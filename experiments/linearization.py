@@ -34,10 +34,7 @@ W_STD, B_STD = math.sqrt(2.0), 0.1
 
 
 def network(width, depth: int):
-    layers = []
-    for _ in range(depth):
-        layers += [nt.Dense(width, W_std=W_STD, b_std=B_STD), nt.Relu()]
-    return nt.serial(*layers, nt.Dense(1 if width else None, W_std=W_STD, b_std=B_STD))
+    return nt.mlp("relu", depth, W_std=W_STD, b_std=B_STD, width=width, n_out=1 if width else None)
 
 
 def circle(gamma):

@@ -31,10 +31,7 @@ DEPTH, W_STD, B_STD = 3, 1.0, 0.1  # hidden layers; Jacot et al.'s beta = 0.1
 
 
 def network(width):
-    layers = []
-    for _ in range(DEPTH):
-        layers += [nt.Dense(width, W_std=W_STD, b_std=B_STD), nt.Relu()]
-    return nt.serial(*layers, nt.Dense(1 if width else None, W_std=W_STD, b_std=B_STD))
+    return nt.mlp("relu", DEPTH, W_std=W_STD, b_std=B_STD, width=width, n_out=1 if width else None)
 
 
 def run(widths, n_seeds: int, n_angles: int, seed: int = 0, out=None) -> dict:

@@ -37,14 +37,11 @@ FULL = dict(
     widths=(64, 128, 256, 512, 1024, 2048, 4096), n_seeds=6, depth=2, n_points=16, input_dim=4, steps=200
 )
 QUICK = dict(widths=(64, 256, 1024, 4096), n_seeds=6, depth=1, n_points=8, input_dim=4, steps=100)
-ACTIVATIONS = {"relu": nt.Relu, "erf": nt.Erf}
+ACTIVATIONS = ("relu", "erf")
 
 
 def network(width, depth: int, activation: str):
-    layers = []
-    for _ in range(depth):
-        layers += [nt.Dense(width, W_std=math.sqrt(2.0), b_std=0.1), ACTIVATIONS[activation]()]
-    return nt.serial(*layers, nt.Dense(1 if width else None, W_std=math.sqrt(2.0), b_std=0.1))
+    return nt.mlp(activation, depth, W_std=math.sqrt(2.0), b_std=0.1, width=width, n_out=1 if width else None)
 
 
 def run(

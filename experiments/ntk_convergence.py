@@ -29,10 +29,7 @@ QUICK = dict(widths=(128, 256, 512, 1024), n_seeds=6, depth=2, n_points=8, input
 
 def network(width, depth: int):
     """depth hidden ReLU layers; W_std = sqrt(2) keeps the ReLU variance (He), a small bias."""
-    layers = []
-    for _ in range(depth):
-        layers += [nt.Dense(width, W_std=math.sqrt(2.0), b_std=0.1), nt.Relu()]
-    return nt.serial(*layers, nt.Dense(1 if width else None, W_std=math.sqrt(2.0), b_std=0.1))
+    return nt.mlp("relu", depth, W_std=math.sqrt(2.0), b_std=0.1, width=width, n_out=1 if width else None)
 
 
 def run(widths, n_seeds: int, depth: int, n_points: int, input_dim: int, seed: int = 0, out=None) -> dict:

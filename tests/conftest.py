@@ -1,11 +1,9 @@
-"""Shared fixtures: a seeded generator, the tolerance table, and the CUDA skip marker."""
+"""Shared fixtures: a seeded generator, the tolerance table, and the kernel comparison helpers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import fastntk
 
 # Tolerances, with where they come from.
 TOL = {
@@ -26,9 +24,6 @@ TOL = {
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261128)
-
-
-requires_cuda = pytest.mark.skipif(not fastntk.has_cuda(), reason="fastntk was built without CUDA")
 
 
 def entry_scale(k: np.ndarray, diag1: np.ndarray, diag2: np.ndarray) -> np.ndarray:

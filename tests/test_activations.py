@@ -46,6 +46,7 @@ import numpy as np
 import pytest
 
 import fastntk as nt
+from fastntk import _engine
 
 from conftest import TOL
 from quadrature import composite, gauss_hermite, polar
@@ -236,7 +237,7 @@ def grid(variances):
 
 def core(act: Act):
     """(dual_map, dual_map_diag) of the activation, from the compiled program."""
-    prog = nt.serial(nt.Dense(), act.layer())._program(2)
+    prog = _engine.program(nt.serial(nt.Dense(), act.layer()), 2)
     return (
         lambda qx, qy, s: nt._core.dual_map(prog, 1, qx, qy, s),
         lambda q: nt._core.dual_map_diag(prog, 1, q),

@@ -15,9 +15,11 @@ import json
 import math
 import os
 import pathlib
+import shlex
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -255,6 +257,10 @@ def _bad_files(tmp: pathlib.Path) -> dict:
     (tmp / "ragged.csv").write_text("1,2,0\n3,4\n")
     (tmp / "empty.csv").write_text("")
     (tmp / "data.txt").write_text("1,2,3\n")
+    (tmp / "folder.csv").mkdir()
+    (tmp / "blank_label.csv").write_text("a,b,label\n1,2,x\n\n3,4,y\n5,6,\n7,8,x\n9,1,y\n")
+    np.savez(tmp / "blank_label.npz", **{**ok, "y_train": np.array(["x", "y", " ", "x"])})
+    np.savez(tmp / "two_d.npz", **{**ok, "y_test": np.ones((2, 3))})
     return {
         "no such file": (tmp / "absent.npz", "no such file"),
         "not a zip": (tmp / "text.npz", "not a .npz"),
@@ -269,13 +275,17 @@ def _bad_files(tmp: pathlib.Path) -> dict:
         "ragged csv": (tmp / "ragged.csv", "line 2 has 2 columns"),
         "empty csv": (tmp / "empty.csv", "empty"),
         "extension": (tmp / "data.txt", "unsupported file type"),
+        "directory": (tmp / "folder.csv", "is a directory"),
+        "empty label in csv": (tmp / "blank_label.csv", "line 5, label: the label is empty"),
+        "empty label in npz": (tmp / "blank_label.npz", "y_train has an empty label (first at index 2)"),
+        "target columns": (tmp / "two_d.npz", "their columns must agree"),
     }
 
 
 def test_bad_files_give_one_line(tmp_path):
     for name, (path, phrase) in _bad_files(tmp_path).items():
         proc = fastntk("run", "--data", path, "--out", tmp_path / "o")
-        assert proc.returncode == 1, (name, proc.returncode, proc.stderr)
+        assert proc.returncode == 2, (name, proc.returncode, proc.stderr)
         assert_one_line_error(proc, phrase)
         assert str(path) in proc.stderr, name
 
@@ -296,7 +306,7 @@ def test_bad_files_give_one_line(tmp_path):
         (["run", "--bogus"], "unrecognized arguments: --bogus", 2),
         (["frobnicate"], "invalid choice: 'frobnicate'", 2),
         ([], "choose a command", 2),
-        (["bench", "--full", "--bench-dir", "/nonexistent/bench"], "no such folder", 1),
+        (["bench", "--full", "--bench-dir", "/nonexistent/bench"], "no such folder", 2),
     ],
 )
 def test_bad_options_give_one_line(args, phrase, code):
@@ -315,7 +325,7 @@ def test_unwritable_out(tmp_path):
 @pytest.mark.skipif(nt.has_cuda(), reason="this build has the CUDA backend")
 def test_device_gpu_without_cuda(tmp_path):
     proc = fastntk("run", "--device", "gpu", "--out", tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert_one_line_error(proc, "--device gpu", "without the CUDA backend", "--device cpu")
     assert not (tmp_path / "run.json").exists()
 
@@ -424,3 +434,148 @@ def test_warnings_are_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fastntk: warning: LearningRateWarning"), proc.stderr
     assert os.path.exists(tmp_path / "run.png")
+
+
+# ---------------------------------------------------------------------------------------
+# Real-valued targets: a regression, chosen from the data and said in the output
+
+
+def _regression_npz(path, n_train=40, n_test=15, seed=2):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_train + n_test, 3)) * [1.0, 2.0, 0.5] + [0.0, 1.0, -3.0]
+    y = np.column_stack([np.sin(x[:, 0]) + 0.3 * x[:, 1], 10.0 + 2.0 * x[:, 2]])  # two targets
+    np.savez(path, x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:], y_test=y[n_train:])
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def test_run_regresses_real_targets_as_an_independent_computation_says(tmp_path):
+    """Real-valued targets: the output says regression; the RMSE and R^2 of NTK regression
+    and of the closed-form steps are those of plain NumPy with the documented conventions
+    (inputs and targets standardized with the training statistics, predictions mapped back)."""
+    x_tr, y_tr, x_te, y_te = _regression_npz(tmp_path / "r.npz")
+    proc = fastntk("run", "--data", tmp_path / "r.npz", "--arch", "relu:2:1.3:0.2", "--width", "16",
+                   "--steps", "30", "--out", tmp_path / "o")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "regression of 2 real-valued targets" in proc.stdout.splitlines()[0]
+    assert "test RMSE" in proc.stdout and "R^2" in proc.stdout
+    r = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert (r["task"], r["n_outputs"], r["n_classes"]) == ("regression", 2, 0)
+
+    mean, std = x_tr.mean(0), x_tr.std(0)
+    a, b = (x_tr - mean) / std, (x_te - mean) / std
+    y_mean, y_std = y_tr.mean(0), y_tr.std(0)
+    Y = (y_tr - y_mean) / y_std
+    dense = ("dense", dict(W_std=1.3, b_std=0.2, parameterization="ntk", out_dim=None))
+    relu = ("abrelu", dict(a=0.0, b=1.0))
+    spec = [dense, relu, dense, relu, dense]
+    nngp, ntk = ntk_gram_ref(spec, a)
+    nngp_t, ntk_t = ntk_gram_ref(spec, b, a)
+
+    def rmse_r2(f):
+        pred = f * y_std + y_mean
+        r2 = 1 - ((pred - y_te) ** 2).sum(0) / ((y_te - y_te.mean(0)) ** 2).sum(0)
+        return np.sqrt(np.mean((pred - y_te) ** 2)), r2.mean()
+
+    for g, (k, kt) in {"ntk": (ntk, ntk_t), "nngp": (nngp, nngp_t)}.items():
+        rmse, r2 = rmse_r2(kt @ np.linalg.solve(k, Y))
+        assert r["kernel_regression_test_rmse"][g] == pytest.approx(rmse, rel=1e-7), g
+        assert r["kernel_regression_test_r2"][g] == pytest.approx(r2, rel=1e-7), g
+    lam, vecs = np.linalg.eigh(ntk)
+    lr = Y.size / lam[-1]
+    assert r["learning_rate"] == pytest.approx(lr, rel=1e-9)
+    for i, t in enumerate(r["t"]):
+        moved = vecs @ np.diag(1 - (1 - lr * lam / Y.size) ** t) @ vecs.T
+        rmse, r2 = rmse_r2(ntk_t @ np.linalg.solve(ntk, moved @ Y))
+        assert r["ntk_test_rmse"][i] == pytest.approx(rmse, rel=1e-7), t
+        assert r["ntk_test_r2"][i] == pytest.approx(r2, rel=1e-7, abs=1e-9), t
+    # Zero outputs predict the training mean: the baseline, at t = 0 for both curves.
+    baseline = np.sqrt(np.mean((y_tr.mean(0) - y_te) ** 2))
+    assert r["mean_baseline_rmse"] == pytest.approx(baseline, rel=1e-12)
+    assert r["network_test_rmse"][0] == pytest.approx(baseline, rel=1e-9)
+    assert r["network_test_rmse"][-1] < 0.8 * baseline  # the finite network learns
+    assert_png(tmp_path / "o" / "run.png")
+
+
+def test_real_targets_in_a_csv_and_the_task_option(tmp_path):
+    """A CSV target column of real numbers is regressed (not one class per value); integer
+    targets are classes unless --task regression; --task classification refuses real targets."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 2))
+    lines = ["u,v,target"] + [f"{a},{b},{a - 0.5 * b + 0.01 * i:.6f}" for i, (a, b) in enumerate(x)]
+    (tmp_path / "real.csv").write_text("\n".join(lines) + "\n")
+    d = cli.load_data(tmp_path / "real.csv")
+    assert d.task == "regression" and d.classes is None and d.y_train.shape == (21, 1)
+    ints = ["u,v,target"] + [f"{a},{b},{i % 3}" for i, (a, b) in enumerate(x)]
+    (tmp_path / "ints.csv").write_text("\n".join(ints) + "\n")
+    assert cli.load_data(tmp_path / "ints.csv").task == "classification"
+    d = cli.load_data(tmp_path / "ints.csv", task="regression")
+    assert d.task == "regression" and set(np.unique(d.y_train)) <= {0.0, 1.0, 2.0}
+    # Integers with more than 20 values and under 3 points per value: a quantity, regressed
+    # (30 values over 30 points); classified on request, and then the test set has unseen labels.
+    counts = ["u,v,target"] + [f"{a},{b},{100 + 7 * i}" for i, (a, b) in enumerate(x)]
+    (tmp_path / "counts.csv").write_text("\n".join(counts) + "\n")
+    assert cli.load_data(tmp_path / "counts.csv").task == "regression"
+    proc = fastntk("run", "--data", tmp_path / "counts.csv", "--task", "classification", "--out", tmp_path)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "labels that y_train lacks", "use --task regression")
+    # 21 values over 63 points (3 each): classes.
+    (tmp_path / "classes.csv").write_text("".join(f"{i},{i % 21}\n" for i in range(63)))
+    assert cli.load_data(tmp_path / "classes.csv").task == "classification"
+
+    proc = fastntk("run", "--data", tmp_path / "real.csv", "--task", "classification", "--out", tmp_path)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "cannot be classified", "--task regression")
+    (tmp_path / "words.csv").write_text("a,label\n" + "".join(f"{i},{'xy'[i % 2]}\n" for i in range(8)))
+    proc = fastntk("run", "--data", tmp_path / "words.csv", "--task", "regression", "--out", tmp_path)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "strings", "cannot be regressed")
+
+
+# ---------------------------------------------------------------------------------------
+# A closed pipe, warnings said once
+
+
+@pytest.mark.parametrize("args", [["info"], ["run", "--n-train", "60", "--width", "8", "--steps", "2"]])
+def test_closed_stdout_ends_quietly(tmp_path, args):
+    """The reader of stdout is gone before the command writes (`fastntk ... | head -0`): no
+    traceback, no 'Exception ignored', status 141 (128 + SIGPIPE) as a shell reports it."""
+    extra = ["--out", tmp_path] if args[0] == "run" else []
+    # Block-buffered stdout (a pipe, without PYTHONUNBUFFERED): the write comes at the end.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen([sys.executable, "-m", "fastntk", *map(str, args + extra)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    proc.stdout.close()
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""
+
+
+def test_head_of_the_output(tmp_path):
+    """`fastntk run | head -1` as a user types it: the first line, nothing on stderr."""
+    cmd = f"{shlex.quote(sys.executable)} -m fastntk run --n-train 60 --width 8 --steps 2 --out {shlex.quote(str(tmp_path))} | head -1"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("fastntk "), proc
+    assert proc.stderr == ""
+
+
+def test_a_repeated_warning_is_said_once(monkeypatch, capsys):
+    """The same warning raised from two places (or twice, from different call sites) is
+    one line; a different one is its own line."""
+
+    def warn(*_, **__):
+        warnings.warn("the same thing", RuntimeWarning, stacklevel=1)
+        warnings.warn("the same thing", RuntimeWarning, stacklevel=1)  # another line: not the filter's once
+        for _ in range(3):
+            warnings.warn("something else", UserWarning, stacklevel=1)
+        return {"files": []}
+
+    monkeypatch.setattr(cli, "run", warn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert cli.main(["run"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "fastntk: warning: RuntimeWarning: the same thing",
+        "fastntk: warning: UserWarning: something else",
+    ]

@@ -54,10 +54,8 @@ def _inputs(rng, n=6, d=5):
 
 
 def _mlp(act, widths, n_out, W_std, b_std, parameterization="ntk"):
-    layers = []
-    for w in widths:
-        layers += [nt.Dense(w, W_std, b_std, parameterization), act]
-    return nt.serial(*layers, nt.Dense(n_out, W_std, b_std, parameterization))
+    return nt.mlp(act, len(widths), W_std=W_std, b_std=b_std, width=widths, n_out=n_out,
+                  parameterization=parameterization)  # fmt: skip
 
 
 def _per_network(net, x1, x2, S, seed, trace_axes):
@@ -156,6 +154,11 @@ def test_one_sample_is_the_documented_network(rng):
     params = net.init(np.random.SeedSequence(9).spawn(1)[0], x.shape[1])
     np.testing.assert_array_equal(mc.ntk, net.empirical_ntk(params, x))
     np.testing.assert_array_equal(mc.nngp, net.empirical_nngp(params, x))
+    # Both sides above run the same assembly; the documented network itself, in NumPy:
+    (W1, b1), _, (W2, b2) = params
+    h = np.maximum(1.5 * x @ W1 / np.sqrt(x.shape[1]) + 0.1 * b1, 0.0)
+    f = 1.5 * h @ W2 / np.sqrt(16) + 0.1 * b2
+    np.testing.assert_allclose(mc.nngp, f @ f.T / 2, rtol=1e-13, atol=1e-13 * np.abs(f).max() ** 2)
     seq = np.random.SeedSequence(9)
     single = nt.monte_carlo_kernel(net, x, n_samples=1, seed=seq, get="ntk")
     np.testing.assert_array_equal(single, mc.ntk)

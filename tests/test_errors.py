@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastntk as nt
+from fastntk import _engine
 
 
 @pytest.fixture
@@ -128,8 +129,8 @@ def test_unknown_parameterization():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(W_std=-1.0), "W_std must be >= 0"),
     (dict(b_std=-0.5), "b_std must be >= 0"),
-    (dict(W_std=np.nan), "W_std must be finite"),
-    (dict(b_std=np.inf), "b_std must be finite"),
+    (dict(W_std=np.nan), "W_std must be a finite number"),
+    (dict(b_std=np.inf), "b_std must be a finite number"),
     (dict(out_dim=0), "out_dim must be None or an integer >= 1"),
     (dict(out_dim=2.5), "out_dim must be None or an integer >= 1"),
 ])  # fmt: skip
@@ -152,13 +153,13 @@ def test_bad_dense_parameter_types():
     (lambda: nt.Monomial(2.0), TypeError, "Monomial: degree must be an integer, got 2.0"),
     (lambda: nt.RectifiedMonomial(0), ValueError, "RectifiedMonomial: degree must be an integer in [1, 20]"),
     (lambda: nt.Rbf(-1.0), ValueError, "Rbf: gamma must be >= 0"),
-    (lambda: nt.Erf(a=np.nan), ValueError, "Erf: a must be finite"),
-    (lambda: nt.Sin(b=np.inf), ValueError, "Sin: b must be finite"),
+    (lambda: nt.Erf(a=np.nan), ValueError, "Erf: a must be a finite number"),
+    (lambda: nt.Sin(b=np.inf), ValueError, "Sin: b must be a finite number"),
     (lambda: nt.Cos(c="x"), TypeError, "Cos: c must be a real number"),
-    (lambda: nt.LeakyRelu(np.nan), ValueError, "LeakyRelu: alpha must be finite"),
+    (lambda: nt.LeakyRelu(np.nan), ValueError, "LeakyRelu: alpha must be a finite number"),
     (lambda: nt.ABRelu(1.0, None), TypeError, "ABRelu: b must be a real number"),
-    (lambda: nt.Exp(a=np.inf), ValueError, "Exp: a must be finite"),
-    (lambda: nt.Gaussian(b=np.nan), ValueError, "Gaussian: b must be finite"),
+    (lambda: nt.Exp(a=np.inf), ValueError, "Exp: a must be a finite number"),
+    (lambda: nt.Gaussian(b=np.nan), ValueError, "Gaussian: b must be a finite number"),
 ])  # fmt: skip
 def test_bad_activation_parameters(make, err, message):
     with pytest.raises(err, match=re.escape(message)):
@@ -213,7 +214,7 @@ def test_output_too_large_to_allocate(net, monkeypatch):
 
 
 def test_native_binding_checks_its_buffers(net):
-    program = net._program(3)
+    program = _engine.program(net, 3)
     x = np.ones((4, 3))
     with pytest.raises(ValueError, match=r"nngp must have shape \(4, 4\), got \(4, 3\)"):
         nt._core.ntk_gram(program, x, None, np.empty((4, 3)), None)

@@ -7,15 +7,17 @@ import numpy as np
 import pytest
 
 import fastntk as nt
+from fastntk import _engine
 
 from specs import ACTIVATION_SPECS, RANDOM_ACTIVATIONS, random_spec, to_fastntk
 
 
 def _mlp(act, depth, W_std, b_std, parameterization="ntk", widths=None):
-    layers = [nt.Dense(None if widths is None else widths[0], W_std, b_std, parameterization)]
-    for k in range(depth):
-        layers += [act(), nt.Dense(None if widths is None else widths[k + 1], W_std, b_std, parameterization)]
-    return nt.serial(*layers)
+    """depth x [Dense, act()], Dense; widths: the depth + 1 Dense layers' out_dims."""
+    width, n_out = (None, None) if widths is None else (widths[:-1], widths[-1])
+    return nt.mlp(
+        act(), depth, W_std=W_std, b_std=b_std, width=width, n_out=n_out, parameterization=parameterization
+    )
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -58,7 +60,7 @@ def test_depth_sweep_of_an_mlp(rng):
 
 def _seeds(net, d, W_std, b_std):
     """Directions d/dW_std and d/db_std of an MLP whose Dense layers all share them."""
-    program = net._program(d)
+    program = _engine.program(net, d)
     seeds = np.zeros((program.n_ops, 2, 3))
     for k, dense in enumerate(program.dense_ops):
         if dense:
@@ -98,8 +100,10 @@ def test_gradients_match_finite_differences(act, parameterization, rng):
     x1[3] = -x1[1]  # an antipodal pair
     x1[5] = x1[2]  # a duplicated pair
     for x2_ in (None, x2):
-        a1, a2 = net._inputs(x1, x2_)
-        out = net._gram(a1, a2, ("nngp", "ntk"), seeds=_seeds(net, 4, W, b))
+        a1, a2 = _engine.inputs(x1, x2_)
+        out = _engine.gram(
+            _engine.program(net, a1.shape[1]), a1, a2, ("nngp", "ntk"), seeds=_seeds(net, 4, W, b)
+        )
         for p in range(2):
             for name in ("nngp", "ntk"):
 
@@ -131,11 +135,11 @@ def test_gradients_are_finite_for_antipodal_inputs_without_bias(rng):
     x[1] = -2.5 * x[0]
     W = 1.2
     net = _mlp(nt.Relu, 3, W, None)
-    program = net._program(3)
+    program = _engine.program(net, 3)
     seeds = np.zeros((program.n_ops, 1, 3))
     seeds[np.array(program.dense_ops), 0, 0] = 2 * W
-    a1, _ = net._inputs(x, None)
-    out = net._gram(a1, None, ("nngp", "ntk"), seeds=seeds)
+    a1, _ = _engine.inputs(x, None)
+    out = _engine.gram(_engine.program(net, a1.shape[1]), a1, None, ("nngp", "ntk"), seeds=seeds)
     for name in ("nngp", "ntk"):
         fd = _richardson(lambda w, name=name: _mlp(nt.Relu, 3, w, None).kernel(x, get=name), W, W * FD_STEP)
         analytic = out[name][0, 1]
@@ -149,15 +153,24 @@ def test_captures_with_gradients(rng):
     W, b = 1.1, 0.4
     net = _mlp(nt.Erf, 2, W, b)
     x = rng.standard_normal((8, 3))
-    program = net._program(3)
+    program = _engine.program(net, 3)
     dense_ops = [k for k, dense in enumerate(program.dense_ops) if dense]
-    a1, _ = net._inputs(x, None)
-    both = net._gram(a1, None, ("ntk",), capture_after=dense_ops, seeds=_seeds(net, 3, W, b))["ntk"]
+    a1, _ = _engine.inputs(x, None)
+    both = _engine.gram(
+        _engine.program(net, a1.shape[1]),
+        a1,
+        None,
+        ("ntk",),
+        capture_after=dense_ops,
+        seeds=_seeds(net, 3, W, b),
+    )["ntk"]
     assert both.shape == (3, 3, 8, 8)
     for c, depth in enumerate(range(3)):
         cut = _mlp(nt.Erf, depth, W, b)
-        a, _ = cut._inputs(x, None)
-        ref = cut._gram(a, None, ("ntk",), seeds=_seeds(cut, 3, W, b))["ntk"][0]
+        a, _ = _engine.inputs(x, None)
+        ref = _engine.gram(_engine.program(cut, a.shape[1]), a, None, ("ntk",), seeds=_seeds(cut, 3, W, b))[
+            "ntk"
+        ][0]
         np.testing.assert_allclose(both[c], ref, rtol=1e-13, atol=1e-15)
 
 
@@ -168,11 +181,13 @@ def test_one_and_three_directions(act, rng):
     W, b = 1.2, 0.2
     net = _mlp(layer, 2, W, b)
     x = rng.standard_normal((10, 3))
-    a1, _ = net._inputs(x, None)
+    a1, _ = _engine.inputs(x, None)
     two = _seeds(net, 3, W, b)
-    ref = net._gram(a1, None, ("ntk",), seeds=two)["ntk"]
-    one = net._gram(a1, None, ("ntk",), seeds=two[:, 1:2])["ntk"]
-    three = net._gram(a1, None, ("ntk",), seeds=np.concatenate([two, two[:, :1]], axis=1))["ntk"]
+    ref = _engine.gram(_engine.program(net, a1.shape[1]), a1, None, ("ntk",), seeds=two)["ntk"]
+    one = _engine.gram(_engine.program(net, a1.shape[1]), a1, None, ("ntk",), seeds=two[:, 1:2])["ntk"]
+    three = _engine.gram(
+        _engine.program(net, a1.shape[1]), a1, None, ("ntk",), seeds=np.concatenate([two, two[:, :1]], axis=1)
+    )["ntk"]
     np.testing.assert_allclose(one[0, 1], ref[0, 2], rtol=1e-14, atol=0)
     np.testing.assert_allclose(three[0, :3], ref[0], rtol=1e-14, atol=0)
     np.testing.assert_allclose(three[0, 3], ref[0, 1], rtol=1e-14, atol=0)
@@ -180,7 +195,7 @@ def test_one_and_three_directions(act, rng):
 
 def test_bad_requests(rng):
     net = _mlp(nt.Relu, 1, 1.0, 0.1)
-    program = net._program(3)
+    program = _engine.program(net, 3)
     x = rng.standard_normal((4, 3))
     with pytest.raises(
         ValueError, match=r"seeds must have shape \(n_ops=3, directions, 3\), got \(2, 1, 3\)"

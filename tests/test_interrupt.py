@@ -10,10 +10,7 @@ from ctrl_c import python_ticks_during, seconds_to_stop, size_for
 # that of 256^2 pairs x depth layers), the number of points sized to this machine.
 NET = """
 import numpy as np, fastntk as nt
-layers = [nt.Dense(b_std=0.1)]
-for _ in range({depth}):
-    layers += [nt.Erf(), nt.Dense(b_std=0.1)]
-net = nt.serial(*layers)
+net = nt.mlp("erf", {depth}, W_std=1.0, b_std=0.1)
 x = np.random.default_rng(0).standard_normal(({n}, 8))
 """
 

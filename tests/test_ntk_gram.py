@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastntk as nt
+from fastntk import _engine
 
 from conftest import TOL, assert_kernel_close, entry_scale
 from reference import ntk_gram_ref
@@ -62,12 +63,56 @@ def test_many_tiles_and_remainders(parameterization, rng):
     _check_against_reference(spec, x1, x2)
 
 
+@pytest.mark.parametrize("get", [("nngp", "ntk"), ("nngp",), ("ntk",)])
+def test_wide_tiles_computed_in_the_outputs(get, rng):
+    """One thread at N=1100 takes the default 256 x 1024 tiles: a band's diagonal tile holds
+    its triangle (dsyrk) and a dgemm part, the last bands are narrow remainders, and the
+    plain kernels are computed inside the outputs (the NTK alone walks the NNGP in a copy).
+    Against the reference, symmetric path and cross path (a copy of x), exactly mirrored."""
+    assert nt._core.default_tile(1100, 1100, True, 1) == (256, 1024)
+    spec = mlp("relu", 2, W_std=1.3, b_std=0.2)
+    net = to_fastntk(spec)
+    x = rng.standard_normal((1100, 6))
+    program = _engine.program(net, 6)
+    for b in (None, x.copy()):
+        ref = dict(zip(("nngp", "ntk"), ntk_gram_ref(spec, x, b)))
+        outs = {name: np.empty((1100, 1100)) for name in get}
+        nt._core.ntk_gram(program, x, b, outs.get("nngp"), outs.get("ntk"), n_threads=1)
+        # The cross path's pairs (i, i) are parallel only up to GEMM round-off, which acos
+        # turns into ~1e-8 (DESIGN.md section 5: only x2=None has the exact diagonal).
+        off = ~np.eye(1100, dtype=bool) if b is not None else np.ones((1100, 1100), bool)
+        for name, out in outs.items():
+            diag = np.diag(ref[name])
+            scale = entry_scale(ref[name], diag, diag)[off]
+            assert_kernel_close(out[off], ref[name][off], TOL["reference"], scale, name)
+            if b is None:
+                np.testing.assert_array_equal(out, out.T)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 16, 64])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_default_tiles_give_every_thread_work(threads, symmetric):
+    """At least 4 tiles per thread at N=4000 (the dynamic schedule balances them; thread
+    scaling needs them), wide tiles when there are enough, never a tile below 32 rows."""
+    n = 4000
+    rows, cols = nt._core.default_tile(n, n, symmetric, threads)
+    if symmetric:
+        count = sum(math.ceil((n - i0) / cols) for i0 in range(0, n, rows))
+        assert cols % rows == 0  # no tile straddles the diagonal but a band's first
+    else:
+        count = math.ceil(n / rows) * math.ceil(n / cols)
+    assert count >= 4 * threads or rows == 32
+    assert rows >= 32 and cols >= rows
+    if threads <= 2:
+        assert (rows, cols) == (256, 1024)
+
+
 @pytest.mark.parametrize("tile", [1, 7, 8, 33, 100, 4096])
 def test_tile_size_does_not_change_the_result(tile, rng):
     net = to_fastntk(mlp("relu", 3, b_std=0.1))
     x1 = rng.standard_normal((203, 5))
     x2 = rng.standard_normal((77, 5))
-    program = net._program(5)
+    program = _engine.program(net, 5)
     for a, b in ((x1, None), (x1, x2)):
         expected = net.kernel(a, b)
         shape = (a.shape[0], a.shape[0] if b is None else b.shape[0])
@@ -183,7 +228,7 @@ def test_diagonal_alone_equals_the_gram_diagonal(seed):
     spec = random_spec(rng)
     net = to_fastntk(spec)
     x = rng.standard_normal((int(rng.integers(1, 30)), 4))
-    q, t = nt._core.ntk_diag(net._program(4), x)
+    q, t = nt._core.ntk_diag(_engine.program(net, 4), x)
     k = net.kernel(x)
     np.testing.assert_array_equal(q, np.diag(k.nngp))
     np.testing.assert_array_equal(t, np.diag(k.ntk))

@@ -30,9 +30,7 @@ W_STD, B_STD = 1.5, 0.1
 
 
 def erf_net(n_out: int = 1, W_std: float = W_STD, b_std: float = B_STD):
-    return nt.serial(
-        nt.Dense(512, W_std=W_std, b_std=b_std), nt.Erf(), nt.Dense(n_out, W_std=W_std, b_std=b_std)
-    )
+    return nt.mlp("erf", 1, W_std=W_std, b_std=b_std, width=512, n_out=n_out)
 
 
 @functools.cache

@@ -35,12 +35,18 @@ def test_train_kernels_are_symmetric_and_psd(seed):
         assert np.linalg.eigvalsh(m).min() >= _min_eig_bound(m)
 
 
-def test_x2_none_equals_x2_is_x1(rng):
-    net = to_fastntk(mlp("relu", 3, b_std=0.2))
+def test_x2_is_x1_takes_the_symmetric_path(rng):
+    """x2 is x1 means x2=None (documented): exactly the same numbers, and those are the
+    reference's, so a wrong symmetric path cannot hide behind the equality."""
+    spec = mlp("relu", 3, b_std=0.2)
+    net = to_fastntk(spec)
     x = rng.standard_normal((40, 7))
     a, b = net.kernel(x), net.kernel(x, x)
     np.testing.assert_array_equal(a.nngp, b.nngp)
     np.testing.assert_array_equal(a.ntk, b.ntk)
+    for got, ref in zip(a, ntk_gram_ref(spec, x)):
+        d = np.diag(ref)
+        assert_kernel_close(got, ref, TOL["reference"], entry_scale(ref, d, d))
 
 
 @pytest.mark.parametrize("act", ["relu", "erf", "gelu"])

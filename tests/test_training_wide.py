@@ -47,9 +47,7 @@ def _data(n_out=N_OUT):
 
 
 def _net(width, n_out=N_OUT):
-    return nt.serial(
-        nt.Dense(width, W_std=W_STD, b_std=B_STD), nt.Erf(), nt.Dense(n_out, W_std=W_STD, b_std=B_STD)
-    )
+    return nt.mlp("erf", 1, W_std=W_STD, b_std=B_STD, width=width, n_out=n_out)
 
 
 def _rms_error(f, ft, r):

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "blas.hpp"
+#include "build_info.hpp"
 #include "fastntk/program.hpp"
 #include "ntk_gram_cpu.hpp"
 
@@ -219,7 +220,7 @@ void bench_gram(Index n, Index d, int threads, int repeat, std::vector<GramRow>&
   for (const bool symmetric : {true, false}) {
     const double* y = symmetric ? nullptr : x2.data();
     // The driver's own tile size as the row block: the same split of work over threads.
-    const int block = cpu::default_tile(n, n, symmetric, threads);
+    const int block = cpu::default_tile(n, n, symmetric, threads).rows;
     cpu::blas::use_single_thread();
     double gemm = std::numeric_limits<double>::infinity();
     blas_product(x1.data(), y, n, d, nngp.data(), threads, block);  // warm-up

@@ -110,7 +110,9 @@ void bind_ntk_gram(py::module_& m) {
   m.def(
       "default_tile",
       [](std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads) {
-        return fastntk::cpu::default_tile(n1, n2, symmetric, n_threads);
+        const fastntk::cpu::TileShape shape = fastntk::cpu::default_tile(n1, n2, symmetric, n_threads);
+        return py::make_tuple(shape.rows, shape.cols);
       },
-      py::arg("n1"), py::arg("n2"), py::arg("symmetric"), py::arg("n_threads"));
+      py::arg("n1"), py::arg("n2"), py::arg("symmetric"), py::arg("n_threads"),
+      "(rows, cols): the tile shape ntk_gram chooses for these sizes and threads.");
 }

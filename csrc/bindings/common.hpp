@@ -10,7 +10,7 @@
 #include <utility>
 
 #include "../cpu/fork_guard.hpp"
-#include "../cpu/ntk_gram_cpu.hpp"  // fastntk::Interrupted
+#include "fastntk/errors.hpp"  // fastntk::Interrupted
 
 namespace fastntk::bindings {
 

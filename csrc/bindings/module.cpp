@@ -1,7 +1,8 @@
 // fastntk._core: module definition, exception registration, build facts. No math here.
 #include <pybind11/pybind11.h>
 
-#include "../cpu/ntk_gram_cpu.hpp"
+#include "../cpu/build_info.hpp"
+#include "fastntk/op.hpp"  // kMaxDegree
 
 namespace py = pybind11;
 
@@ -30,6 +31,8 @@ PYBIND11_MODULE(_core, m) {
   bind_dual_map(m);
   bind_empirical_gram(m);
   bind_matmul(m);
+  // The largest polynomial degree the builder accepts (Monomial, RectifiedMonomial).
+  m.attr("MAX_DEGREE") = fastntk::kMaxDegree;
 
   m.def(
       "build_info",

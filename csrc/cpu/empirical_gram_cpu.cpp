@@ -26,17 +26,12 @@
 #include "blas.hpp"
 #include "fastntk/config.hpp"
 #include "tile_loop.hpp"
+#include "tiles.hpp"
 
 namespace fastntk::cpu {
 namespace {
 
 using Index = std::int64_t;
-
-struct Block {
-  Index i0, j0;    // first point of x and of y
-  int rows, cols;  // points of x and of y
-  bool diagonal;   // on the diagonal of a symmetric call: only pairs with j >= i are computed
-};
 
 struct Problem {
   const GramTerm* terms;
@@ -65,7 +60,7 @@ struct Scratch {
 };
 
 // acc[r, c] += (ga[r, c] + bias) * gb[r, c]: one term of a traced block.
-void add_traced_term(const Problem& pb, const GramTerm& t, const Block& b, const double* ga, const double* gb,
+void add_traced_term(const Problem& pb, const GramTerm& t, const Tile& b, const double* ga, const double* gb,
                      double* acc) {
   const bool identity = t.b1 == nullptr;
   const double trace_identity = static_cast<double>(pb.m);  // sum_o <e_o, e_o>
@@ -91,7 +86,7 @@ void add_traced_term(const Problem& pb, const GramTerm& t, const Block& b, const
 }
 
 // acc[r, c, o, o'] += (ga[r, c] + bias) * gb[(r, o), (c, o')]: one term of a full block.
-void add_full_term(const Problem& pb, const GramTerm& t, const Block& b, const double* ga, double* gb, double* acc) {
+void add_full_term(const Problem& pb, const GramTerm& t, const Tile& b, const double* ga, double* gb, double* acc) {
   const int m = static_cast<int>(pb.m);
   const Index ldb = static_cast<Index>(b.cols) * m;
   const bool identity = t.b1 == nullptr;
@@ -123,7 +118,7 @@ void add_full_term(const Problem& pb, const GramTerm& t, const Block& b, const d
   }
 }
 
-void run_block(const Problem& pb, const Block& b, Scratch& s, StopCheck& check) {
+void run_block(const Problem& pb, const Tile& b, Scratch& s, StopCheck& check) {
   const Index bs = pb.block_size();
   const int m = static_cast<int>(pb.m);
   std::fill(s.acc.get(), s.acc.get() + static_cast<Index>(b.rows) * b.cols * bs, 0.0);
@@ -171,24 +166,9 @@ void run_block(const Problem& pb, const Block& b, Scratch& s, StopCheck& check) 
     }
   }
 
-  // Mirror: out[j, i] = out[i, j]^T, column by column of the block so that the writes are
-  // contiguous (the strided reads hit the block just written, still in cache). The final
-  // values are copied, so accumulating calls stay symmetric too.
-  if (!pb.symmetric) return;
-  for (int c = 0; c < b.cols; ++c) {
-    const int r_end = b.diagonal ? c : b.rows;
-    double* dst = pb.out + ((b.j0 + c) * pb.ld + b.i0) * bs;
-    for (int r = 0; r < r_end; ++r) {
-      const double* src = pb.out + ((b.i0 + r) * pb.ld + b.j0 + c) * bs;
-      double* d = dst + r * bs;
-      if (bs == 1) {
-        *d = *src;
-        continue;
-      }
-      for (int o = 0; o < m; ++o)
-        for (int o2 = 0; o2 < m; ++o2) d[o2 * m + o] = src[o * m + o2];
-    }
-  }
+  // Mirror: out[j, i] = out[i, j]^T (the final values, so accumulating calls stay
+  // symmetric too), while the block is still in cache.
+  if (pb.symmetric) mirror_tile(pb.out, pb.ld, b, pb.trace ? 1 : m);
 }
 
 void check_int(Index v, const std::string& what) {
@@ -202,16 +182,12 @@ void check_int(Index v, const std::string& what) {
 int empirical_default_tile(std::int64_t n1, std::int64_t n2, std::int64_t m, bool trace, bool symmetric,
                            int n_threads) {
   // A block's Gram buffers have (side * rows_per_point)^2 entries; 256 rows keep them
-  // (512 KiB each) in L2 while the GEMMs run near BLAS peak. Smaller blocks only to
-  // give every thread several blocks (the dynamic schedule then balances them).
+  // (512 KiB each) in L2 while the GEMMs run near BLAS peak. Square blocks of points, never
+  // below 32 rows (BLAS efficiency) or one point; smaller only to give every thread work.
   const Index per_point = trace ? 1 : std::max<Index>(m, 1);
-  Index side = std::max<Index>(256 / per_point, 1);
-  auto count = [&](Index t) {
-    const Index b1 = (n1 + t - 1) / t, b2 = (n2 + t - 1) / t;
-    return symmetric ? b1 * (b1 + 1) / 2 : b1 * b2;
-  };
-  while (side * per_point > 32 && side > 1 && count(side) < 4 * static_cast<Index>(std::max(n_threads, 1))) side /= 2;
-  return static_cast<int>(side);
+  const int side = static_cast<int>(std::max<Index>(256 / per_point, 1));
+  const int min_side = static_cast<int>(std::max<Index>(32 / per_point, 1));
+  return tile_shape(n1, n2, symmetric, n_threads, TileShape{side, side}, min_side).rows;
 }
 
 void empirical_gram_cpu(const GramTerm* terms, int n_terms, std::int64_t n1, std::int64_t n2, std::int64_t m,
@@ -251,11 +227,7 @@ void empirical_gram_cpu(const GramTerm* terms, int n_terms, std::int64_t n1, std
   check_int(static_cast<Index>(side) * m, "tile * m");
   const Problem pb{terms, n_terms, m, symmetric, opt.trace, opt.accumulate, opt.scale, ld, out};
 
-  std::vector<Block> blocks;
-  for (Index i0 = 0; i0 < n1; i0 += side)
-    for (Index j0 = symmetric ? i0 : 0; j0 < n2; j0 += side)
-      blocks.push_back(Block{i0, j0, static_cast<int>(std::min<Index>(side, n1 - i0)),
-                             static_cast<int>(std::min<Index>(side, n2 - j0)), symmetric && i0 == j0});
+  const std::vector<Tile> blocks = tile_grid(n1, n2, symmetric, TileShape{side, side});
 
   // ---- The parallel part.
   blas::use_single_thread();

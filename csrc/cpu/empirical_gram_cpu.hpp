@@ -12,7 +12,7 @@
 #include <cstdint>
 #include <functional>
 
-#include "ntk_gram_cpu.hpp"  // fastntk::Interrupted
+#include "fastntk/errors.hpp"  // fastntk::Interrupted
 
 namespace fastntk::cpu {
 

@@ -7,9 +7,11 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "blas.hpp"
 #include "tile_loop.hpp"
+#include "tiles.hpp"
 
 namespace fastntk::cpu {
 
@@ -29,21 +31,17 @@ void matmul_cpu(const double* a, const double* b, double* c, std::int64_t m, std
   }
 
   // Tiles of up to 256 rows x 1024 columns keep each BLAS call near its peak; smaller ones
-  // only to give every thread several tiles (rows first: the rows of a are read once then).
+  // only to give every thread several tiles.
   const int threads = useful_threads(opt.n_threads > 0 ? opt.n_threads : omp_get_max_threads(),
                                      2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k));
-  Index rows = 256, cols = 1024;
-  auto count = [&] { return ((m + rows - 1) / rows) * ((n + cols - 1) / cols); };
-  while (rows > 32 && count() < 4 * threads) rows /= 2;
-  while (cols > 128 && count() < 4 * threads) cols /= 2;
-  const Index row_tiles = (m + rows - 1) / rows, col_tiles = (n + cols - 1) / cols;
+  const std::vector<Tile> tiles = tile_grid(m, n, false, tile_shape(m, n, false, threads, TileShape{256, 1024}, 32));
 
   blas::use_single_thread();
   for_each_tile(
-      row_tiles * col_tiles, threads, opt.interrupted, [] { return 0; },
+      static_cast<Index>(tiles.size()), threads, opt.interrupted, [] { return 0; },
       [&](Index t, int, StopCheck&) {
-        const Index i0 = (t / col_tiles) * rows, j0 = (t % col_tiles) * cols;
-        const int tm = static_cast<int>(std::min(rows, m - i0)), tn = static_cast<int>(std::min(cols, n - j0));
+        const Index i0 = tiles[t].i0, j0 = tiles[t].j0;
+        const int tm = tiles[t].rows, tn = tiles[t].cols;
         const double* at = a + i0 * k;
         double* ct = c + i0 * n + j0;
         if (trans_b)

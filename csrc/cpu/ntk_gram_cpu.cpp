@@ -1,12 +1,16 @@
 // fastntk: OpenMP driver of the analytic Gram matrices.
 //
-// Work is split in tiles of rows x columns. Per tile: one BLAS call gives the input
-// covariances x.y/d (dsyrk for diagonal tiles of a symmetric Gram, dgemm otherwise),
-// then every layer of the program runs over the tile row by row while the row is in
-// L1, the layer loop outside and the pair loop inside so that each activation's
-// pair loop vectorizes (transcendentals through libmvec, vecmath.hpp). Per-point
-// variances are computed once for all tiles, O(N * layers). Extra memory: one tile
-// per thread plus the per-point tables.
+// Work is split in tiles of rows x columns (tiles.hpp; the upper triangle's for x2 = None),
+// taken by the threads one at a time. Per tile: BLAS gives the input covariances x.y/d
+// (dsyrk on the diagonal square of a symmetric Gram, dgemm elsewhere), then every layer of
+// the program runs over the tile row by row while the row is in L1, the layer loop
+// outside and the pair loop inside so that each activation's pair loop vectorizes
+// (transcendentals through libmvec, vecmath.hpp); a symmetric Gram's tile is then
+// mirrored into the lower triangle while it is still in cache. The plain kernels are
+// computed in the outputs themselves: the GEMM writes the NNGP output and the walk
+// overwrites it in place and writes the NTK output, so no entry is copied. Per-point
+// variances are computed once for all tiles, O(N * layers). Extra memory: two rows per
+// thread (plus a tile per thread for captures and derivatives) and the per-point tables.
 #include "row_walk.hpp"  // must precede <cmath> users (vecmath.hpp)
 
 #include "ntk_gram_cpu.hpp"
@@ -27,6 +31,7 @@
 #include "fastntk/dual.hpp"
 #include "fastntk/walk_impl.hpp"
 #include "tile_loop.hpp"
+#include "tiles.hpp"
 
 namespace fastntk::cpu {
 namespace {
@@ -59,6 +64,8 @@ struct Job {
   double* nngp;  // [C, 1 + P, n1, n2] or null
   double* ntk;   // likewise
   bool symmetric;
+  // The plain kernels in double: tiles computed in the outputs themselves (see gram).
+  bool in_place = false;
 
   static constexpr int kPlanes = 1 + DualSize<T>::value;
   double* plane(double* base, int c, int p) const { return base + (Index(c) * kPlanes + p) * n1 * n2; }
@@ -136,63 +143,69 @@ void run_row(const Job<T>& job, Index i, Index j0, int n, T* s, T* t) {
   if (job.capture_end >= 0) store_captured<Ntk>(job, job.capture_end, i, j0, n, s, t);
 }
 
-struct Tile {
-  Index i0, j0;
-  int m, n;
-  bool diagonal;  // a diagonal tile of a symmetric Gram: only j >= i is computed
-};
-
-// out[j, i] = out[i, j] over the tile (its strict upper triangle for a diagonal tile),
-// in 16 x 16 blocks: each block's source rows stay in L1 while its destination rows
-// are written contiguously (a plain column scatter costs a cache miss per entry).
-void mirror_tile(double* out, Index ld, const Tile& tile) {
-  constexpr int kBlock = 16;
-  for (int rb = 0; rb < tile.m; rb += kBlock) {
-    const int re = std::min(rb + kBlock, tile.m);
-    for (int cb = tile.diagonal ? rb : 0; cb < tile.n; cb += kBlock) {
-      const int ce = std::min(cb + kBlock, tile.n);
-      for (int c = cb; c < ce; ++c) {
-        double* dst = out + (tile.j0 + c) * ld + tile.i0;
-        const double* src = out + tile.i0 * ld + tile.j0 + c;
-        const int r_end = tile.diagonal ? std::min(re, c) : re;
-        for (int r = rb; r < r_end; ++r) dst[r] = src[r * ld];
-      }
-    }
-  }
-}
-
-// Per thread: the tile's input covariances (ts x ts, double), and for T != double a row
-// of them as T; one row of NTK entries.
+// Per thread: the tile's input covariances when they cannot be walked in place (see
+// Job::in_place), [rows, cols]; rows of T for the walk: s (a copy of a row when it is not
+// walked where it lies) and t (the NTK row when it is not written straight out).
 template <class T>
 struct Scratch {
   std::unique_ptr<double[]> c;
   std::unique_ptr<T[]> s, t;
 };
 
-template <bool Ntk, class T>
-void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch, int ldc) {
+// The tile's input covariances x.y / d into c (leading dimension ldc): dsyrk for the
+// square on the diagonal of a diagonal tile (upper triangle only), dgemm for the rest.
+template <class T>
+void tile_covariances(const Job<T>& job, const Tile& tile, double* c, int ldc) {
   const int d = static_cast<int>(job.d);
   const double inv_d = 1.0 / static_cast<double>(job.d);
   const double* a = job.x1 + tile.i0 * job.d;
-  double* c = scratch.c.get();
+  int done = 0;
   if (tile.diagonal) {
-    blas::syrk_upper(tile.m, d, inv_d, a, d, c, ldc);
-  } else {
-    const double* b = job.x2 + tile.j0 * job.d;
-    blas::gemm_abt(tile.m, tile.n, d, inv_d, a, d, b, d, c, ldc);
+    blas::syrk_upper(tile.rows, d, inv_d, a, d, c, ldc);
+    done = tile.rows;
   }
-  for (int r = 0; r < tile.m; ++r) {
+  if (tile.cols > done)
+    blas::gemm_abt(tile.rows, tile.cols - done, d, inv_d, a, d, job.x2 + (tile.j0 + done) * job.d, d, c + done, ldc);
+}
+
+template <bool Ntk, class T>
+void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch, StopCheck& check) {
+  // In place, the covariances go straight into an output (the NNGP's if requested, else
+  // the NTK's) and each row is walked where it lies; otherwise into the scratch tile.
+  double* c = scratch.c.get();
+  Index ldc = tile.cols;
+  if (job.in_place) {
+    c = (job.nngp ? job.nngp : job.ntk) + tile.i0 * job.n2 + tile.j0;
+    ldc = job.n2;
+  }
+  tile_covariances(job, tile, c, static_cast<int>(ldc));
+  for (int r = 0; r < tile.rows; ++r) {
+    // A tile of a deep network can take a second: a stop request is also seen between its
+    // rows (the outputs are abandoned then, so the tile is left unfinished).
+    if (check.stopped()) return;
     const int jb = tile.diagonal ? r : 0;
-    const int len = tile.n - jb;
-    double* row = c + static_cast<Index>(r) * ldc + jb;
+    const int len = tile.cols - jb;
+    const Index i = tile.i0 + r, j0 = tile.j0 + jb;
+    double* row = c + r * ldc + jb;
+    if constexpr (std::is_same_v<T, double>) {
+      if (job.in_place) {
+        if (job.nngp) {
+          run_row<Ntk>(job, i, j0, len, row, job.ntk ? job.ntk + i * job.n2 + j0 : scratch.t.get());
+        } else {  // the NTK alone: row is its output, the NNGP walks in a copy
+          std::copy(row, row + len, scratch.s.get());
+          run_row<Ntk>(job, i, j0, len, scratch.s.get(), row);
+        }
+        continue;
+      }
+    }
     T* s;
     if constexpr (std::is_same_v<T, double>) {
-      s = row;  // in place
+      s = row;  // in place in the scratch tile
     } else {
       s = scratch.s.get();
       std::copy(row, row + len, s);  // zero tangents: the inputs do not depend on the parameters
     }
-    run_row<Ntk>(job, tile.i0 + r, tile.j0 + jb, len, s, scratch.t.get());
+    run_row<Ntk>(job, i, j0, len, s, scratch.t.get());
   }
   if (job.symmetric) {
     for (int cap = 0; cap < job.n_captures; ++cap)
@@ -209,32 +222,41 @@ void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch, int ldc)
 // baseline, each clone with every callee inlined (flatten) and compiled, libmvec calls
 // included, for its instruction set; the dynamic loader picks the clone for the running
 // CPU once (an ifunc). A native build (-march=...) compiles the one version it needs.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX2__)
-#define FASTNTK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
-#define FASTNTK_RUNTIME_DISPATCH 1
-#else
-#define FASTNTK_CLONES
-#define FASTNTK_RUNTIME_DISPATCH 0
-#endif
-FASTNTK_CLONES void run_tile_ntk(const Job<double>& job, const Tile& tile, Scratch<double>& scratch, int ldc) {
-  run_tile<true>(job, tile, scratch, ldc);
+FASTNTK_CLONES void run_tile_ntk(const Job<double>& job, const Tile& tile, Scratch<double>& scratch, StopCheck& check) {
+  run_tile<true>(job, tile, scratch, check);
 }
-FASTNTK_CLONES void run_tile_nngp(const Job<double>& job, const Tile& tile, Scratch<double>& scratch, int ldc) {
-  run_tile<false>(job, tile, scratch, ldc);
+FASTNTK_CLONES void run_tile_nngp(const Job<double>& job, const Tile& tile, Scratch<double>& scratch,
+                                  StopCheck& check) {
+  run_tile<false>(job, tile, scratch, check);
 }
 template <class T>
-void dispatch_tile(bool ntk, const Job<T>& job, const Tile& tile, Scratch<T>& scratch, int ldc) {
+void dispatch_tile(bool ntk, const Job<T>& job, const Tile& tile, Scratch<T>& scratch, StopCheck& check) {
   if constexpr (std::is_same_v<T, double>) {
     if (ntk)
-      run_tile_ntk(job, tile, scratch, ldc);
+      run_tile_ntk(job, tile, scratch, check);
     else
-      run_tile_nngp(job, tile, scratch, ldc);
+      run_tile_nngp(job, tile, scratch, check);
   } else {
     if (ntk)
-      run_tile<true>(job, tile, scratch, ldc);
+      run_tile<true>(job, tile, scratch, check);
     else
-      run_tile<false>(job, tile, scratch, ldc);
+      run_tile<false>(job, tile, scratch, check);
   }
+}
+
+// The exact diagonal of a symmetric Gram: the tiles' own diagonal pairs went through a
+// correlation that GEMM round-off may put at 1 - 1e-16, which costs ~8 digits after acos.
+template <class T>
+void write_exact_diagonal(const Job<T>& job, const Points<T>& pts) {
+  const Index n = job.n1;
+  for (int c = 0; c < job.n_captures; ++c)
+    for (Index i = 0; i < n; ++i) {
+      const T q = pts.q[c * n + i], t = pts.t[c * n + i];
+      for (int p = 0; p < Job<T>::kPlanes; ++p) {
+        if (job.nngp) job.plane(job.nngp, c, p)[i * job.n2 + i] = p == 0 ? value(q) : tangent(q, p - 1);
+        if (job.ntk) job.plane(job.ntk, c, p)[i * job.n2 + i] = p == 0 ? value(t) : tangent(t, p - 1);
+      }
+    }
 }
 
 template <class T>
@@ -262,38 +284,29 @@ void gram(const ProgramView& prog, const double* x1, Index n1, const double* x2,
   job.t1 = p1.view();
   job.t2 = symmetric ? p1.view() : p2.view();
 
-  const int ts = opt.tile > 0 ? opt.tile : default_tile(n1, n2, symmetric, threads);
-  std::vector<Tile> tiles;
-  for (Index i0 = 0; i0 < n1; i0 += ts)
-    for (Index j0 = symmetric ? i0 : 0; j0 < n2; j0 += ts)
-      tiles.push_back(Tile{i0, j0, static_cast<int>(std::min<Index>(ts, n1 - i0)),
-                           static_cast<int>(std::min<Index>(ts, n2 - j0)), symmetric && i0 == j0});
+  // The plain kernels in double (one capture, at the end) are computed in the outputs
+  // themselves: no tile buffer, no copy; the walk then writes nothing at the end.
+  job.in_place =
+      std::is_same_v<T, double> && capture_end >= 0 && n_captures == 1 && n2 <= std::numeric_limits<int>::max();
+  Job<T> walk = job;
+  if (job.in_place) walk.capture_end = -1;
 
+  const TileShape shape = opt.tile > 0 ? TileShape{opt.tile, opt.tile} : default_tile(n1, n2, symmetric, threads);
+  const std::vector<Tile> tiles = tile_grid(n1, n2, symmetric, shape);
   for_each_tile(
       static_cast<Index>(tiles.size()), threads, opt.interrupted,
-      [ts] {
+      [&] {
         Scratch<T> scratch;
-        scratch.c = std::make_unique<double[]>(static_cast<std::size_t>(ts) * ts);
-        if constexpr (!std::is_same_v<T, double>) scratch.s = std::make_unique<T[]>(ts);
-        scratch.t = std::make_unique<T[]>(ts);
+        if (!job.in_place) scratch.c = std::make_unique<double[]>(static_cast<std::size_t>(shape.rows) * shape.cols);
+        scratch.s = std::make_unique<T[]>(shape.cols);
+        scratch.t = std::make_unique<T[]>(shape.cols);
         return scratch;
       },
-      [&](Index k, Scratch<T>& scratch, StopCheck&) { dispatch_tile(ntk != nullptr, job, tiles[k], scratch, ts); });
+      [&](Index k, Scratch<T>& scratch, StopCheck& check) {
+        dispatch_tile(ntk != nullptr, walk, tiles[k], scratch, check);
+      });
 
-  if (symmetric) {
-    // The exact diagonal: the tiles' own diagonal pairs went through a correlation
-    // that GEMM round-off may put at 1 - 1e-16, which costs ~8 digits after acos.
-    for (int c = 0; c < n_captures; ++c)
-      for (Index i = 0; i < n1; ++i) {
-        const T q = p1.q[c * n1 + i], t = p1.t[c * n1 + i];
-        for (int p = 0; p < Job<T>::kPlanes; ++p) {
-          const double qp = p == 0 ? value(q) : tangent(q, p - 1);
-          const double tp = p == 0 ? value(t) : tangent(t, p - 1);
-          if (nngp) job.plane(nngp, c, p)[i * n2 + i] = qp;
-          if (ntk) job.plane(ntk, c, p)[i * n2 + i] = tp;
-        }
-      }
-  }
+  if (symmetric) write_exact_diagonal(job, p1);
 }
 
 }  // namespace
@@ -317,16 +330,12 @@ void ntk_diag_cpu(const Program& program, const double* x, std::int64_t n, std::
   if (ntk) std::copy(pts.t.begin(), pts.t.end(), ntk);
 }
 
-int default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads) {
-  // 256 x 256 keeps a tile's GEMM near BLAS peak for d in the hundreds while its
-  // output (512 KiB) stays in L2; smaller tiles only to give every thread work.
-  int tile = 256;
-  auto count = [&](int t) {
-    const Index b1 = (n1 + t - 1) / t, b2 = (n2 + t - 1) / t;
-    return symmetric ? b1 * (b1 + 1) / 2 : b1 * b2;
-  };
-  while (tile > 32 && count(tile) < 4 * static_cast<Index>(std::max(n_threads, 1))) tile /= 2;
-  return tile;
+TileShape default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads) {
+  // 256 rows x 1024 columns: one dgemm of that shape packs its operands once for 256 x 1024
+  // pairs (a 256 x 256 tile packs twice as much per pair, ~10 % of the GEMM time at d = 784),
+  // and a row of 1024 pairs still walks all layers in L1 (its s and t rows, 16 KiB). Narrower,
+  // then smaller, tiles only to give every thread work (tile_shape).
+  return tile_shape(n1, n2, symmetric, n_threads, TileShape{256, 1024}, 32);
 }
 
 void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
@@ -388,49 +397,6 @@ void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, con
       gram<Dual<3>>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
       break;
   }
-}
-
-BuildInfo build_info() {
-  BuildInfo info;
-#ifdef _OPENMP
-  info.openmp = _OPENMP;
-#else
-  info.openmp = 0;
-#endif
-  info.blas = blas::config();
-  info.blas_core = blas::core();
-  info.simd_dispatch = FASTNTK_RUNTIME_DISPATCH;
-#if FASTNTK_RUNTIME_DISPATCH
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) {
-    info.simd = "AVX-512";
-    info.simd_doubles = 8;
-  } else if (__builtin_cpu_supports("x86-64-v3")) {
-    info.simd = "AVX2";
-    info.simd_doubles = 4;
-  } else {
-    info.simd = "SSE2";
-    info.simd_doubles = 2;
-  }
-#elif defined(__AVX512F__)
-  info.simd = "AVX-512";
-  info.simd_doubles = 8;
-#elif defined(__AVX2__)
-  info.simd = "AVX2";
-  info.simd_doubles = 4;
-#elif defined(__SSE2__)
-  info.simd = "SSE2";
-  info.simd_doubles = 2;
-#elif defined(__ARM_NEON)
-  info.simd = "NEON";
-  info.simd_doubles = 2;
-#else
-  info.simd = "scalar";
-  info.simd_doubles = 1;
-#endif
-  info.libmvec = FASTNTK_HAVE_LIBMVEC;
-  info.max_threads = omp_get_max_threads();
-  return info;
 }
 
 }  // namespace fastntk::cpu

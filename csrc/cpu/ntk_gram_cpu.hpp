@@ -3,19 +3,13 @@
 
 #include <cstdint>
 #include <functional>
-#include <stdexcept>
-#include <string>
 #include <vector>
 
+#include "fastntk/errors.hpp"  // fastntk::Interrupted, thrown on a stop request
 #include "fastntk/program.hpp"
+#include "tiles.hpp"
 
 namespace fastntk {
-
-// Thrown when the interrupt callback asked the computation to stop.
-struct Interrupted : std::runtime_error {
-  Interrupted() : std::runtime_error("fastntk: computation interrupted") {}
-};
-
 namespace cpu {
 
 struct GramOptions {
@@ -61,21 +55,8 @@ void ntk_gram_cpu(const Program& prog, const double* x1, std::int64_t n1, const 
 void ntk_diag_cpu(const Program& prog, const double* x, std::int64_t n, std::int64_t d, double* nngp, double* ntk,
                   const GramOptions& opt = {});
 
-// The tile size the driver would choose.
-int default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads);
-
-// Build facts: OpenMP version, BLAS configuration, the SIMD width of the recursion loops.
-struct BuildInfo {
-  int openmp;             // _OPENMP date, 0 without OpenMP
-  std::string blas;       // the BLAS library's own configuration string
-  std::string blas_core;  // the BLAS kernel family in use
-  std::string simd;       // instruction set the recursion runs with on this CPU
-  int simd_doubles;       // doubles per vector register in the recursion loops
-  bool simd_dispatch;     // chosen at run time among clones (portable build), else fixed at build time
-  bool libmvec;           // transcendental calls vectorized through glibc's libmvec
-  int max_threads;        // OpenMP's default team size
-};
-BuildInfo build_info();
-
+// The tile shape (rows x columns) the driver would choose; GramOptions::tile > 0 sets square
+// tiles of that side instead.
+TileShape default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_threads);
 }  // namespace cpu
 }  // namespace fastntk

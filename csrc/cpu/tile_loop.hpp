@@ -15,7 +15,7 @@
 #include <exception>
 #include <functional>
 
-#include "ntk_gram_cpu.hpp"  // fastntk::Interrupted
+#include "fastntk/errors.hpp"  // fastntk::Interrupted
 
 namespace fastntk::cpu {
 

@@ -1,21 +1,24 @@
 """fastntk: exact infinite-width NNGP and neural tangent kernels, fast.
 
-Build a network from layers with :func:`serial` and evaluate its kernels::
+Build a network from layers with :func:`serial` (or an MLP by name with :func:`mlp`) and
+evaluate its kernels::
 
     import numpy as np, fastntk as nt
     net = nt.serial(nt.Dense(512), nt.Relu(), nt.Dense(1))
     k = net.kernel(np.random.randn(100, 10))      # k.nngp, k.ntk: (100, 100) float64
+    net = nt.mlp("relu", depth=3, width=512, n_out=1)  # 3 x [Dense, Relu], Dense; W_std sqrt(2)
 """
 
 __version__ = "0.1.0"
 
 
 def _load_blas() -> None:
-    """Load fastntk's own OpenBLAS (the scipy-openblas32 package) before _core.
+    """Load fastntk's own OpenBLAS (the scipy-openblas32 package) before the native module.
 
-    _core links against libscipy_openblas.so; importing the package loads that library
-    and the dynamic loader then resolves _core's dependency by its soname, wherever
-    the two were installed. The copy is private to fastntk (NumPy and SciPy carry
+    The native module (imported by fastntk._engine alone) links against
+    libscipy_openblas.so; importing the package loads that library and the dynamic
+    loader then resolves the module's dependency by its soname, wherever the two were
+    installed. The copy is private to fastntk (NumPy and SciPy carry
     their own), so it is configured here, at load time, where OpenBLAS reads its
     environment:
     - kernels: OpenBLAS's own CPU detection, or FASTNTK_BLAS_CORETYPE (e.g. Haswell,
@@ -46,8 +49,9 @@ def _load_blas() -> None:
 
 _load_blas()
 
-from . import _core  # noqa: E402  (isort: skip)
-from ._threads import get_num_threads, set_num_threads  # noqa: E402
+from . import _engine  # noqa: E402  (isort: skip)  the native module, loaded after the BLAS
+from ._engine import get_num_threads, set_num_threads  # noqa: E402
+from .architectures import mlp  # noqa: E402
 from .empirical import monte_carlo_kernel  # noqa: E402
 from .interop import from_torch  # noqa: E402
 from .layers import (  # noqa: E402
@@ -78,12 +82,12 @@ from . import predict, training  # noqa: E402  (isort: skip)
 
 def build_info() -> dict:
     """What this build contains: version, compiler and flags, OpenMP, BLAS, SIMD width, CUDA."""
-    return dict(_core.build_info())
+    return _engine.build_info()
 
 
 def has_cuda() -> bool:
     """True if this build has the CUDA backend (and can therefore take CuPy arrays)."""
-    return bool(_core.build_info()["cuda"])
+    return bool(_engine.build_info()["cuda"])
 
 
 __all__ = [
@@ -113,6 +117,7 @@ __all__ = [
     "get_num_threads",
     "has_cuda",
     "linearize",
+    "mlp",
     "monte_carlo_kernel",
     "predict",
     "serial",

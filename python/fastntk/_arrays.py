@@ -10,18 +10,12 @@ import os
 
 import numpy as np
 
+from ._args import check_finite, real_array
+
 
 def is_cupy(x) -> bool:
     """True for a CuPy array, checked without importing CuPy."""
     return type(x).__module__.split(".")[0] == "cupy"
-
-
-def require_numpy(x, name: str) -> None:
-    if is_cupy(x):
-        raise TypeError(
-            f"{name} is a CuPy array, but fastntk was built without CUDA; pass a NumPy array "
-            f"({name}.get()) or install a CUDA build (see fastntk.build_info())"
-        )
 
 
 def as_input(x, name: str) -> np.ndarray:
@@ -30,22 +24,13 @@ def as_input(x, name: str) -> np.ndarray:
     Integer, boolean, float32 and non-contiguous inputs are accepted and converted;
     complex or non-numeric data, other shapes, NaN and Inf raise.
     """
-    a = np.asarray(x)
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+    a = real_array(x, name)
     if a.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array of shape (N, d), got shape {a.shape}")
     if a.shape[1] == 0:
         raise ValueError(f"{name} must have at least one feature (d >= 1), got shape {a.shape}")
     a = np.ascontiguousarray(a, dtype=np.float64)
-    if a.shape[0] > 0:
-        # Row sums are finite for all but rows holding NaN/Inf (or overflowing sums,
-        # re-checked exactly): O(N) extra memory instead of an (N, d) mask.
-        with np.errstate(over="ignore", invalid="ignore"):
-            suspects = np.flatnonzero(~np.isfinite(a.sum(axis=1)))
-        for i in suspects:
-            if not np.isfinite(a[i]).all():
-                raise ValueError(f"{name} has a non-finite value (NaN or Inf) in row {int(i)}")
+    check_finite(a, name)
     return a
 
 

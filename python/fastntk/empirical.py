@@ -32,7 +32,7 @@ products factor, so
 
 The forward pass (the ``h``) and the backward pass for all outputs at once (the
 ``delta``, one GEMM per layer) run in NumPy; the native driver
-(``fastntk._core.empirical_gram``) assembles the sum tile by tile: two GEMMs per layer
+(``empirical_gram`` through :mod:`fastntk._engine`) assembles the sum tile by tile: two GEMMs per layer
 and tile and a fused Hadamard accumulation, using the symmetry for ``x2=None``.
 Memory is O(N * n_out * (sum of the widths)), never O(N * parameters).
 """
@@ -44,32 +44,25 @@ import numbers
 
 import numpy as np
 
-from . import _arrays, _core, _threads
-from .layers import Activation, Dense, Identity
+from . import _arrays, _engine
+from ._args import all_finite, kernel_tuple, parse_get
+from ._finite import (
+    check_input,
+    check_outputs,
+    check_params,
+    check_widths,
+    forward,
+    multipliers,
+    non_finite_error,
+    output_dim,
+)
+from .layers import Activation, Dense
 
 __all__ = ["monte_carlo_kernel"]
 
 
 # ---------------------------------------------------------------------------------------
 # Architecture and parameters.
-
-
-def _check_widths(net) -> None:
-    for k, layer in enumerate(net.layers):
-        if isinstance(layer, Dense) and layer.out_dim is None:
-            raise ValueError(
-                f"layer {k} ({layer!r}) has no out_dim: a finite network needs the width of every Dense "
-                "layer; give it out_dim"
-            )
-        if not isinstance(layer, (Dense, Activation, Identity)):  # pragma: no cover - future layers
-            raise TypeError(f"layer {k} ({layer!r}) is not supported by finite networks yet")
-
-
-def _multipliers(layer: Dense, fan_in: int) -> tuple[float, float]:
-    """(c_W, c_b): the layer computes z = c_W * (h @ W) + c_b * b from its stored W, b."""
-    if layer.parameterization == "ntk":
-        return layer.W_std / math.sqrt(fan_in), (0.0 if layer.b_std is None else layer.b_std)
-    return 1.0, 1.0  # standard: the scales are in the initial distribution
 
 
 def _rng(seed, name: str = "seed") -> np.random.Generator:
@@ -93,7 +86,7 @@ def _positive_int(value, name: str) -> int:
 
 def init(net, seed, input_dim: int) -> list:
     """Draw the parameters of a finite network (see :meth:`fastntk.Network.init`)."""
-    _check_widths(net)
+    check_widths(net)
     input_dim = _positive_int(input_dim, "input_dim")
     rng = _rng(seed)
     params, width = [], input_dim
@@ -110,88 +103,6 @@ def init(net, seed, input_dim: int) -> list:
         params.append((W, b))
         width = layer.out_dim
     return params
-
-
-def _as_param(value, what: str, shape: tuple) -> np.ndarray:
-    """value as a C-contiguous float64 array of this shape, all finite, or ValueError."""
-    a = np.asarray(value)
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{what} must be a real numeric array, got dtype {a.dtype}")
-    if a.shape != shape:
-        raise ValueError(f"{what} must have shape {shape}, got {a.shape}")
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    # A sum is finite unless an entry is NaN/Inf (or the sum overflows: re-checked exactly).
-    with np.errstate(over="ignore", invalid="ignore"):
-        suspect = not np.isfinite(a.sum())
-    if suspect and not np.isfinite(a).all():
-        raise ValueError(f"{what} has a non-finite value (NaN or Inf)")
-    return a
-
-
-def _describe_sequence(obj) -> str:
-    """For error messages: 'a list of length 3', or the repr of what is not a list or tuple."""
-    if isinstance(obj, (list, tuple)):
-        return f"a {type(obj).__name__} of length {len(obj)}"
-    return repr(obj)
-
-
-def _check_params(net, params) -> tuple[list, int | None]:
-    """The parameters as float64 arrays, checked against the architecture.
-
-    Returns
-    -------
-    (list, int or None)
-        One entry per layer ((W, b) or ()), and the input dimension the parameters are
-        for (None for a network without Dense layers, which takes any).
-    """
-    _check_widths(net)
-    layers = net.layers
-    if not isinstance(params, (list, tuple)) or len(params) != len(layers):
-        raise ValueError(
-            f"params must be a list with one entry per layer ({len(layers)} layers: (W, b) for Dense, () "
-            f"otherwise), got {_describe_sequence(params)}"
-        )
-    checked, width, input_dim = [], None, None
-    for k, (layer, p) in enumerate(zip(layers, params)):
-        where = f"params[{k}] (layer {k}, {layer!r})"
-        if not isinstance(layer, Dense):
-            if p is not None and not (isinstance(p, (tuple, list)) and len(p) == 0):
-                raise ValueError(f"{where}: this layer has no parameters, expected (), got {p!r}")
-            checked.append(())
-            continue
-        if not isinstance(p, (tuple, list)) or len(p) != 2:
-            raise ValueError(f"{where}: expected a pair (W, b), got {p!r}")
-        W, b = p
-        if width is None:  # the first Dense layer fixes the input dimension
-            shape = np.shape(W)
-            width = input_dim = shape[0] if len(shape) == 2 and shape[0] >= 1 else -1
-            if width < 1:
-                raise ValueError(f"{where}: W must have shape (input_dim, {layer.out_dim}), got {shape}")
-        W = _as_param(W, f"{where}: W", (width, layer.out_dim))
-        if layer.b_std is None:
-            if b is not None:
-                raise ValueError(
-                    f"{where}: the layer has no bias (b_std=None), so b must be None, got an array of shape "
-                    f"{np.shape(b)}"
-                )
-        else:
-            if b is None:
-                raise ValueError(f"{where}: b must have shape ({layer.out_dim},), got None")
-            b = _as_param(b, f"{where}: b", (layer.out_dim,))
-        checked.append((W, b))
-        width = layer.out_dim
-    return checked, input_dim
-
-
-def _check_input(x, name: str, input_dim: int | None) -> np.ndarray:
-    _arrays.require_numpy(x, name)
-    a = _arrays.as_input(x, name)
-    if input_dim is not None and a.shape[1] != input_dim:
-        raise ValueError(
-            f"{name} has {a.shape[1]} features (shape {a.shape}), but params are for input_dim={input_dim} "
-            f"(the first Dense layer's W has shape ({input_dim}, ...))"
-        )
-    return a
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,45 +126,9 @@ class _Features:
         self.terms = terms
 
 
-def _matmul(a, b, alpha: float, trans_b: bool = False) -> np.ndarray:
-    """alpha * a @ b (b.T if trans_b) on fastntk's BLAS and thread team: the products of the
-    forward and backward passes then share one team with the kernel assembly, instead of
-    alternating with NumPy's BLAS threads (each team spins for a while after its work, and
-    on a few cores the two slow each other down)."""
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    out = np.empty((a.shape[0], b.shape[0] if trans_b else b.shape[1]))
-    _core.matmul(a, b, out, trans_b=trans_b, alpha=alpha, n_threads=_threads.get_num_threads())
-    return out
-
-
-def _forward(net, params, x, keep: bool):
-    """Outputs (n, m); with keep, also each Dense layer's input and each activation's
-    derivative at its pre-activation (for the backward pass), indexed by layer."""
-    h = x
-    inputs, derivs = {}, {}
-    seen_dense = False
-    for k, layer in enumerate(net.layers):
-        if isinstance(layer, Dense):
-            W, b = params[k]
-            c_w, c_b = _multipliers(layer, W.shape[0])
-            if keep:
-                inputs[k] = h
-            z = _matmul(h, W, c_w)
-            if b is not None and c_b != 0.0:
-                z += c_b * b
-            h, seen_dense = z, True
-        elif isinstance(layer, Activation):
-            # The derivative is needed only where a Dense layer lies before (gradients
-            # never flow into the inputs).
-            if keep and seen_dense:
-                derivs[k] = layer.derivative(h)
-            h = layer.fn(h)
-    return np.ascontiguousarray(h), inputs, derivs
-
-
 def _features(net, params, x, ntk: bool) -> _Features:
     """Forward pass, and for the NTK the backward pass of all outputs at once."""
-    f, inputs, derivs = _forward(net, params, x, keep=ntk)
+    f, inputs, derivs = forward(net, params, x, keep=ntk)
     terms = []
     if not ntk:
         return _Features(f, terms)
@@ -265,7 +140,7 @@ def _features(net, params, x, ntk: bool) -> _Features:
         if isinstance(layer, Dense):
             W, b = params[k]
             fan_in, out = W.shape
-            c_w, c_b = _multipliers(layer, fan_in)
+            c_w, c_b = multipliers(layer, fan_in)
             bias = c_b**2 if b is not None else 0.0
             terms.append((inputs[k], None if delta is None else np.ascontiguousarray(delta), c_w**2, bias))
             if k == first_dense:
@@ -274,7 +149,7 @@ def _features(net, params, x, ntk: bool) -> _Features:
             if delta is None:  # the same (m, fan_in) signal for every point, C order like the rest
                 delta = np.broadcast_to(np.multiply(W.T, c_w, order="C"), (n, m, fan_in))
             else:
-                delta = _matmul(delta.reshape(n * m, out), W, c_w, trans_b=True).reshape(n, m, fan_in)
+                delta = _engine.matmul(delta.reshape(n * m, out), W, c_w, trans_b=True).reshape(n, m, fan_in)
         elif isinstance(layer, Activation) and k in derivs:
             slope = derivs.pop(k)  # freed as soon as it is used
             if delta is None:  # an activation after the last Dense layer: a diagonal signal
@@ -342,22 +217,28 @@ def _fill(net, params, a1, a2, outs: dict, trace: bool, scale: float, accumulate
     a2 None: symmetric (x2 = x1). Points go through the network in blocks of batch_size
     rows; for a block pair the native driver writes the block of the outputs in place.
     """
+    with np.errstate(
+        over="ignore", invalid="ignore"
+    ):  # an overflow is reported by the caller, with its layer
+        _fill_blocks(net, params, a1, a2, outs, trace, scale, accumulate, batch_size)
+
+
+def _fill_blocks(net, params, a1, a2, outs: dict, trace: bool, scale: float, accumulate: bool, batch_size):
     ntk = "ntk" in outs
     symmetric = a2 is None
     n1 = a1.shape[0]
     n2 = n1 if symmetric else a2.shape[0]
-    threads = _threads.get_num_threads()
     blocks1 = _row_blocks(n1, batch_size)
     blocks2 = blocks1 if symmetric else _row_blocks(n2, batch_size)
 
     def call(f1, f2, i0, j0, n_i, n_j):
         mm = f1.f.shape[1]
-        common = dict(trace=trace, accumulate=accumulate, row0=i0, col0=j0, n_threads=threads)
+        common = dict(trace=trace, accumulate=accumulate, row0=i0, col0=j0)
         if "nngp" in outs:
             b1 = f1.f.reshape(n_i, mm, 1)
             b2 = None if f2 is None else f2.f.reshape(n_j, mm, 1)
             term = (None, None, b1, b2, 0.0, 1.0)
-            _core.empirical_gram([term], n_i, None if f2 is None else n_j, mm, outs["nngp"],
+            _engine.empirical_gram([term], n_i, None if f2 is None else n_j, mm, outs["nngp"],
                                  scale=scale / mm if trace else scale, **common)  # fmt: skip
         if ntk:
             terms = []
@@ -365,7 +246,7 @@ def _fill(net, params, a1, a2, outs: dict, trace: bool, scale: float, accumulate
                 terms.append(
                     (t1[0], None if f2 is None else t2[0], t1[1], None if f2 is None else t2[1], t1[2], t1[3])
                 )
-            _core.empirical_gram(terms, n_i, None if f2 is None else n_j, mm, outs["ntk"],
+            _engine.empirical_gram(terms, n_i, None if f2 is None else n_j, mm, outs["ntk"],
                                  scale=scale / mm if trace else scale, **common)  # fmt: skip
 
     for bi, (i0, i1) in enumerate(blocks1):
@@ -388,34 +269,39 @@ def _fill(net, params, a1, a2, outs: dict, trace: bool, scale: float, accumulate
 def kernels(net, params, x1, x2, names: tuple, trace_axes, batch_size=None) -> dict:
     """The empirical kernels `names` of one network: {name: array}."""
     trace = parse_trace_axes(trace_axes)
-    checked, input_dim = _check_params(net, params)
-    a1 = _check_input(x1, "x1", input_dim)
+    checked, input_dim = check_params(net, params)
+    a1 = check_input(x1, "x1", input_dim)
     a2 = None
     if x2 is not None and x2 is not x1:
-        a2 = _check_input(x2, "x2", a1.shape[1])
-    m = _output_dim(checked, a1.shape[1])
+        a2 = check_input(x2, "x2", a1.shape[1])
+    m = output_dim(checked, a1.shape[1])
     n1 = a1.shape[0]
     n2 = n1 if a2 is None else a2.shape[0]
     per_point = _feature_bytes(net, checked, m, a1.shape[1], "ntk" in names)
     size = _batch_size(batch_size, n1 + (0 if a2 is None else n2), per_point)
     outs = _arrays.empty_kernels(names, (n1, n2) if trace else (n1, n2, m, m))
     _fill(net, checked, a1, a2, outs, trace, 1.0, False, size)
+    _check_kernels(net, checked, a1, a2, outs)
     return outs
 
 
-def _output_dim(params, input_dim: int) -> int:
-    width = input_dim
-    for p in params:
-        if p:
-            width = p[0].shape[1]
-    return width
+def _check_kernels(net, params, a1, a2, outs: dict) -> None:
+    """FloatingPointError naming the layer where the signal overflowed, unless every kernel
+    in outs is finite (one summing pass each)."""
+    for name, out in outs.items():
+        if not all_finite(out):
+            inputs = {"x1": a1, "x2": a2}
+            raise non_finite_error(net, params, inputs, f"empirical {name.upper()}", squares=True)
 
 
 def apply(net, params, x) -> np.ndarray:
     """The network's outputs (see :meth:`fastntk.Network.apply`)."""
-    checked, input_dim = _check_params(net, params)
-    a = _check_input(x, "x", input_dim)
-    return _forward(net, checked, a, keep=False)[0]
+    checked, input_dim = check_params(net, params)
+    a = check_input(x, "x", input_dim)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, with its layer
+        f = forward(net, checked, a, keep=False)[0]
+    check_outputs(net, checked, a, f)
+    return f
 
 
 # ---------------------------------------------------------------------------------------
@@ -462,9 +348,6 @@ def monte_carlo_kernel(
     -------
     numpy.ndarray, float64, or a named tuple of them (fields in the order of get).
     """
-    from ._args import parse_get
-    from .network import _kernel_tuple
-
     names, single = parse_get(get)
     n_samples = _positive_int(n_samples, "n_samples")
     if isinstance(seed, np.random.Generator):
@@ -475,11 +358,11 @@ def monte_carlo_kernel(
     trace = parse_trace_axes(trace_axes)
     if batch_size is not None:
         batch_size = _positive_int(batch_size, "batch_size")
-    _check_widths(net)
-    a1 = _check_input(x1, "x1", None)
+    check_widths(net)
+    a1 = check_input(x1, "x1", None)
     a2 = None
     if x2 is not None and x2 is not x1:
-        a2 = _check_input(x2, "x2", None)
+        a2 = check_input(x2, "x2", None)
         if a2.shape[1] != a1.shape[1]:
             raise ValueError(
                 f"x1 and x2 must have the same number of features: x1 has shape {a1.shape}, x2 has shape {a2.shape}"
@@ -497,11 +380,12 @@ def monte_carlo_kernel(
         )
         params = init(net, child, d)
         if outs is None:
-            m = _output_dim(params, d)
+            m = output_dim(params, d)
             outs = _arrays.empty_kernels(names, (n1, n2) if trace else (n1, n2, m, m))
             per_point = _feature_bytes(net, params, m, d, "ntk" in names)
             size = _batch_size(batch_size, n1 + (0 if a2 is None else n2), per_point)
         _fill(net, params, a1, a2, outs, trace, 1.0 / n_samples, s > 0, size)
+        _check_kernels(net, params, a1, a2, outs)
     if single:
         return outs[names[0]]
-    return _kernel_tuple(names)(*(outs[n] for n in names))
+    return kernel_tuple(names)(*(outs[n] for n in names))

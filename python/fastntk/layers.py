@@ -2,7 +2,7 @@
 
 A layer is a small immutable description; :func:`fastntk.serial` chains them into a
 network. Each layer knows how to add itself to the native layer program
-(``fastntk._core.Program``), which is where its kernel maps live. For finite networks
+(built by :func:`fastntk._engine.build_program`), which is where its kernel maps live. For finite networks
 (``Network.init``/``apply``/``empirical_ntk``) each activation also evaluates itself and
 its derivative on NumPy arrays (:meth:`Activation.fn`, :meth:`Activation.derivative`).
 """
@@ -13,6 +13,9 @@ import math
 import numbers
 
 import numpy as np
+
+from ._args import real_number
+from ._engine import MAX_DEGREE
 
 __all__ = [
     "Layer",
@@ -35,18 +38,9 @@ __all__ = [
     "RectifiedMonomial",
 ]
 
-_MAX_DEGREE = 20  # must match fastntk::kMaxDegree (program.hpp)
-
 
 def _real(name: str, layer: str, value, *, nonneg: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{layer}: {name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{layer}: {name} must be finite, got {value!r}")
-    if nonneg and value < 0:
-        raise ValueError(f"{layer}: {name} must be >= 0, got {value!r}")
-    return value
+    return real_number(value, name, owner=layer, low=0.0 if nonneg else None)
 
 
 def _special():
@@ -63,8 +57,8 @@ def _degree(layer: str, degree) -> int:
     if isinstance(degree, bool) or not isinstance(degree, numbers.Integral):
         raise TypeError(f"{layer}: degree must be an integer, got {degree!r}")
     degree = int(degree)
-    if not 1 <= degree <= _MAX_DEGREE:
-        raise ValueError(f"{layer}: degree must be an integer in [1, {_MAX_DEGREE}], got {degree}")
+    if not 1 <= degree <= MAX_DEGREE:
+        raise ValueError(f"{layer}: degree must be an integer in [1, {MAX_DEGREE}], got {degree}")
     return degree
 
 
@@ -74,7 +68,9 @@ class Layer:
     is_activation = False
     _fields: tuple = ()
 
-    def _emit(self, program, n_in: float) -> None:  # pragma: no cover - every layer overrides it
+    def _emit(
+        self, program, n_in: float, ntk_bias: float = 0.0
+    ) -> None:  # pragma: no cover - every layer overrides it
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -133,14 +129,17 @@ class Dense(Layer):
             )
         self.parameterization = parameterization.lower()
 
-    def _emit(self, program, n_in: float) -> None:
-        program.add_dense(self.W_std, self.b_std, self.parameterization == "standard", float(n_in))
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
+        # ntk_bias: an NTK-only term ntk_bias^2 (zero-initialized trainable biases, scikit-ntk's).
+        program.add_dense(
+            self.W_std, self.b_std, self.parameterization == "standard", float(n_in), ntk_bias=ntk_bias
+        )
 
 
 class Identity(Layer):
     """The identity: leaves the kernels unchanged (and does not count as an activation)."""
 
-    def _emit(self, program, n_in: float) -> None:
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
         pass
 
 
@@ -173,7 +172,7 @@ class ABRelu(Activation):
         self.a = _real("a", "ABRelu", a)
         self.b = _real("b", "ABRelu", b)
 
-    def _emit(self, program, n_in: float) -> None:
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
         program.add_abrelu(self.a, self.b)
 
     def fn(self, x):
@@ -224,7 +223,7 @@ class Erf(Activation):
     def __init__(self, a=1.0, b=1.0, c=0.0):
         self.a, self.b, self.c = (_real(n, "Erf", v) for n, v in (("a", a), ("b", b), ("c", c)))
 
-    def _emit(self, program, n_in: float) -> None:
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
         program.add_erf(self.a, self.b, self.c)
 
     def fn(self, x):
@@ -237,7 +236,7 @@ class Erf(Activation):
 class Sign(Activation):
     """``sign(x)``. Its derivative vanishes almost everywhere, so the NTK after it is 0."""
 
-    def _emit(self, program, n_in: float) -> None:
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
         program.add_sign()
 
     def fn(self, x):
@@ -250,7 +249,7 @@ class Sign(Activation):
 class Gelu(Activation):
     """``x * Phi(x)``, the exact (not tanh-approximated) Gelu."""
 
-    def _emit(self, program, n_in: float) -> None:
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
         program.add_gelu()
 
     def fn(self, x):
@@ -269,7 +268,7 @@ class Sin(Activation):
     def __init__(self, a=1.0, b=1.0, c=0.0):
         self.a, self.b, self.c = (_real(n, type(self).__name__, v) for n, v in (("a", a), ("b", b), ("c", c)))
 
-    def _emit(self, program, n_in: float) -> None:
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
         program.add_sin(self.a, self.b, self.c)
 
     def fn(self, x):
@@ -282,7 +281,7 @@ class Sin(Activation):
 class Cos(Sin):
     """``a * cos(b * x + c)``."""
 
-    def _emit(self, program, n_in: float) -> None:
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
         program.add_cos(self.a, self.b, self.c)
 
     def fn(self, x):
@@ -301,7 +300,7 @@ class Rbf(Activation):
     def __init__(self, gamma=1.0):
         self.gamma = _real("gamma", "Rbf", gamma, nonneg=True)
 
-    def _emit(self, program, n_in: float) -> None:
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
         program.add_rbf(self.gamma)
 
     def fn(self, x):
@@ -320,7 +319,7 @@ class Exp(Activation):
     def __init__(self, a=1.0, b=1.0):
         self.a, self.b = _real("a", "Exp", a), _real("b", "Exp", b)
 
-    def _emit(self, program, n_in: float) -> None:
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
         program.add_exp(self.a, self.b)
 
     def fn(self, x):
@@ -339,7 +338,7 @@ class Gaussian(Activation):
     def __init__(self, a=1.0, b=-1.0):
         self.a, self.b = _real("a", "Gaussian", a), _real("b", "Gaussian", b)
 
-    def _emit(self, program, n_in: float) -> None:
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
         program.add_gaussian(self.a, self.b)
 
     def fn(self, x):
@@ -357,7 +356,7 @@ class Monomial(Activation):
     def __init__(self, degree):
         self.degree = _degree("Monomial", degree)
 
-    def _emit(self, program, n_in: float) -> None:
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
         program.add_monomial(self.degree)
 
     def fn(self, x):
@@ -378,7 +377,7 @@ class RectifiedMonomial(Activation):
     def __init__(self, degree):
         self.degree = _degree("RectifiedMonomial", degree)
 
-    def _emit(self, program, n_in: float) -> None:
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
         program.add_rectified_monomial(self.degree)
 
     def fn(self, x):

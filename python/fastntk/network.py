@@ -4,19 +4,11 @@ a finite one (see :mod:`fastntk.empirical`)."""
 
 from __future__ import annotations
 
-import collections
-import functools
-
-from . import _arrays, _core, _threads, empirical
-from ._args import parse_get
+from . import _engine, empirical
+from ._args import kernel_tuple, parse_get
 from .layers import Dense, Layer
 
 __all__ = ["serial", "Network"]
-
-
-@functools.cache
-def _kernel_tuple(names: tuple):
-    return collections.namedtuple("Kernel", names)
 
 
 class Network:
@@ -25,7 +17,6 @@ class Network:
     def __init__(self, layers):
         self.layers = tuple(layers)
         self._check_order()
-        self._programs = {}
 
     def __repr__(self) -> str:
         return "serial(" + ", ".join(repr(layer) for layer in self.layers) + ")"
@@ -61,20 +52,6 @@ class Network:
                     )
             previous_dense = k
 
-    def _program(self, input_dim: int):
-        """The native layer program for inputs of dimension input_dim (cached)."""
-        program = self._programs.get(input_dim)
-        if program is None:
-            program = _core.Program()
-            n_in = input_dim
-            for k, layer in enumerate(self.layers):
-                program.set_layer(k)
-                layer._emit(program, n_in)
-                if isinstance(layer, Dense) and layer.out_dim is not None:
-                    n_in = layer.out_dim
-            self._programs[input_dim] = program
-        return program
-
     def kernel(self, x1, x2=None, get=("nngp", "ntk"), every_layer=False):
         """The infinite-width NNGP and/or NTK between the rows of x1 and x2.
 
@@ -104,87 +81,22 @@ class Network:
         -------
         numpy.ndarray of shape (N1, N2) (``(len(layers), N1, N2)`` with
         ``every_layer``), float64, or a named tuple of them.
+
+        Raises
+        ------
+        FloatingPointError
+            If a kernel overflows float64 in the recursion (e.g. a deep Relu network with
+            W_std^2 > 2): the message names the layer where it first stopped being finite.
         """
         names, single = parse_get(get)
-        a1, a2 = self._inputs(x1, x2)
+        a1, a2 = _engine.inputs(x1, x2)
         if not every_layer:
-            outs = self._gram(a1, a2, names)
+            outs = _engine.gram(_engine.program(self, a1.shape[1]), a1, a2, names, layers=self.layers)
         else:
-            outs = self._every_layer(a1, a2, names)
+            outs = _engine.every_layer(self, a1, a2, names)
         if single:
             return outs[names[0]]
-        return _kernel_tuple(names)(*(outs[n] for n in names))
-
-    def _inputs(self, x1, x2):
-        """x1, x2 checked and converted (x2 None for x1's own Gram)."""
-        _arrays.require_numpy(x1, "x1")
-        a1 = _arrays.as_input(x1, "x1")
-        a2 = None
-        if x2 is not None and x2 is not x1:
-            _arrays.require_numpy(x2, "x2")
-            a2 = _arrays.as_input(x2, "x2")
-            if a2.shape[1] != a1.shape[1]:
-                raise ValueError(
-                    f"x1 and x2 must have the same number of features: x1 has shape {a1.shape}, "
-                    f"x2 has shape {a2.shape}"
-                )
-        return a1, a2
-
-    def _gram(self, a1, a2, names, capture_after=(), seeds=None, program=None):
-        """The native call on checked inputs: {name: array}. Plain (N1, N2) arrays for the
-        final kernels; (captures, 1 + directions, N1, N2) with capture_after (op indices)
-        or seeds (n_ops, directions, 3; see _core.ntk_gram)."""
-        n1, d = a1.shape
-        n2 = n1 if a2 is None else a2.shape[0]
-        program = self._program(d) if program is None else program
-        plain = not capture_after and seeds is None
-        shape = (
-            (n1, n2)
-            if plain
-            else (max(len(capture_after), 1), 1 + (0 if seeds is None else seeds.shape[1]), n1, n2)
-        )
-        outs = _arrays.empty_kernels(names, shape)
-        _core.ntk_gram(
-            program,
-            a1,
-            a2,
-            outs.get("nngp"),
-            outs.get("ntk"),
-            n_threads=_threads.get_num_threads(),
-            capture_after=list(capture_after),
-            seeds=seeds,
-        )
-        return outs
-
-    def _every_layer(self, a1, a2, names):
-        program = self._program(a1.shape[1])
-        last_op = {}  # layer index -> the last op it emitted
-        for k, layer in enumerate(program.op_layers):
-            last_op[layer] = k
-        captures = sorted(set(last_op.values()))
-        n_layers = len(self.layers)
-        if not captures:  # no ops at all: every entry is the input kernel
-            raw = {n: None for n in names}
-        else:
-            raw = self._gram(a1, a2, names, capture_after=captures)
-            if len(captures) == n_layers:  # one op group per layer: the captures are the answer
-                return {n: raw[n][:, 0] for n in names}
-        where = {k: c for c, k in enumerate(captures)}
-        n1 = a1.shape[0]
-        n2 = n1 if a2 is None else a2.shape[0]
-        outs = _arrays.empty_kernels(names, (n_layers, n1, n2))
-        current = None  # the capture holding the kernel so far; None: the input kernel
-        for layer in range(n_layers):
-            if layer in last_op:
-                current = where[last_op[layer]]
-            for n in names:
-                if current is not None:
-                    outs[n][layer] = raw[n][current, 0]
-                elif n == "ntk":
-                    outs[n][layer] = 0.0
-                else:
-                    outs[n][layer] = a1 @ (a1 if a2 is None else a2).T / a1.shape[1]
-        return outs
+        return kernel_tuple(names)(*(outs[n] for n in names))
 
     # ---- Finite networks (every Dense layer needs its out_dim).
 

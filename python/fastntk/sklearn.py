@@ -34,21 +34,12 @@ from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import _core
+from . import _engine
 from . import predict as _predict
-from ._sklearn_arch import (
-    LeaveOneOutWarning,
-    check_architecture,
-    check_int,
-    check_real,
-    dense_seeds,
-    diagonals,
-    kernels_by_depth,
-    mlp,
-    predict_kernel,
-    select_depth,
-)
-from .network import serial
+from ._depth_selection import LeaveOneOutWarning, kernels_by_depth, select_depth
+from ._sklearn_arch import check_architecture, check_int, check_real, mlp
+from .layers import Dense, Relu
+from .network import Network
 
 __all__ = [
     "NNGP",
@@ -128,7 +119,22 @@ class _NetworkEstimator(BaseEstimator):
         check_is_fitted(self, "dual_coef_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
         net = mlp(self._fit_arch, self.depth_)
-        return predict_kernel(net, X, self.X_fit_, self._kernel_name, self.dual_coef_)
+        return _predict_kernel(net, X, self.X_fit_, self._kernel_name, self.dual_coef_)
+
+
+def _predict_kernel(net: Network, x: np.ndarray, x_train: np.ndarray, name: str, dual_coef: np.ndarray):
+    """K(x, x_train) @ dual_coef, in row blocks of at most ~2^23 kernel entries (64 MiB),
+    so predicting many points never holds their whole cross kernel."""
+    n_train = x_train.shape[0]
+    rows = max(1, (1 << 23) // max(n_train, 1))
+    a_train = np.ascontiguousarray(x_train, dtype=np.float64)
+    out = np.empty((x.shape[0],) + dual_coef.shape[1:], dtype=np.float64)
+    program = _engine.program(net, a_train.shape[1])
+    for start in range(0, x.shape[0], rows):
+        a, _ = _engine.inputs(x[start : start + rows], None)
+        k = _engine.gram(program, a, a_train, (name,), layers=net.layers)[name]
+        out[start : start + rows] = k @ dual_coef
+    return out
 
 
 _ESTIMATOR_PARAMETERS = """
@@ -142,8 +148,9 @@ _ESTIMATOR_PARAMETERS = """
         is that of the converged predictor whatever ``t``. A sweep holds one N x N kernel
         per candidate and factors each (O(N^3) per candidate).
     activation : str or fastntk activation layer, default='relu'
-        One of 'relu', 'erf', 'gelu', 'abs', 'sign', 'sin', 'cos', 'rbf', 'identity' (a deep
-        linear network), or a layer such as ``fastntk.LeakyRelu(0.1)``.
+        One of 'relu', 'leaky_relu' (slope 0.1), 'erf', 'gelu', 'abs', 'sign', 'sin', 'cos',
+        'rbf', 'identity' (a deep linear network) (``fastntk.architectures.ACTIVATIONS``), or
+        a layer such as ``fastntk.LeakyRelu(0.3)``.
     W_std : float, default=sqrt(2)
         Weight standard deviation of every Dense layer, > 0. The default is He's for ReLU:
         it keeps each point's variance constant through the layers.
@@ -423,9 +430,10 @@ class _MLPKernel(Kernel):
             raise ValueError("Gradient can only be evaluated when Y is None.")
         net, arch = self._network()
         name = self._kernel_name
-        a1, a2 = net._inputs(X, Y)
+        a1, a2 = _engine.inputs(X, Y)
+        program = _engine.program(net, a1.shape[1])
         if not eval_gradient:
-            return net._gram(a1, a2, (name,))[name]
+            return _engine.gram(program, a1, a2, (name,), layers=net.layers)[name]
         directions = []
         for h in self.hyperparameters:
             if h.fixed:
@@ -435,10 +443,12 @@ class _MLPKernel(Kernel):
             else:
                 directions.append((1, 2.0 * arch["b_std"] ** 2))  # d(b^2)/dlog b
         if not directions:
-            k = net._gram(a1, None, (name,))[name]
+            k = _engine.gram(program, a1, None, (name,), layers=net.layers)[name]
             return k, np.empty((k.shape[0], k.shape[0], 0))
-        seeds = dense_seeds(net._program(a1.shape[1]), directions)
-        out = net._gram(a1, None, (name,), seeds=seeds)[name]  # (1, 1 + P, N, N)
+        seeds = _engine.dense_seeds(program, directions)
+        out = _engine.gram(program, a1, None, (name,), seeds=seeds, layers=net.layers)[
+            name
+        ]  # (1, 1 + P, N, N)
         # A view, not a copy: the GP's einsum over the gradient runs as fast on it (measured
         # faster at N = 2000 than on a C-ordered copy, and the copy alone costs more than the kernel).
         return out[0, 0], np.moveaxis(out[0, 1:], 0, -1)
@@ -450,7 +460,8 @@ class _MLPKernel(Kernel):
         X = np.asarray(X)
         if X.ndim != 2:
             raise ValueError(f"X must be a 2-D array of shape (N, d), got shape {X.shape}")
-        nngp, ntk = diagonals(net._program(X.shape[1]), X)
+        a = _engine.as_input(X, "X")
+        nngp, ntk = _engine.diagonal(_engine.program(net, a.shape[1]), a, net.layers)
         return ntk if self._kernel_name == "ntk" else nngp
 
     def is_stationary(self):
@@ -570,16 +581,11 @@ class NeuralTangentKernel(Kernel):
     @staticmethod
     def _program(d: int, depth: int, beta: float):
         """The layer program for inputs of dimension d, with NTK-only bias beta."""
-        program = _core.Program()
-        program.set_layer(0)
         # W_std^2 = d undoes the 1/d of the input kernel x . z / d: scikit-ntk uses x . z.
-        program.add_dense(float(d) ** 0.5, None, False, float(d), ntk_bias=beta)
-        for h in range(depth):
-            program.set_layer(2 * h + 1)
-            program.add_abrelu(0.0, 1.0)
-            program.set_layer(2 * h + 2)
-            program.add_dense(2.0**0.5, None, False, 1.0, ntk_bias=beta)
-        return program
+        layers = [Dense(None, float(d) ** 0.5, None)]
+        for _ in range(depth):
+            layers += [Relu(), Dense(None, 2.0**0.5, None)]
+        return _engine.build_program(layers, d, ntk_bias=beta)
 
     def __call__(self, X, Y=None, eval_gradient=False):
         """The kernel k(X, Y) and, optionally, its gradient in log(bias).
@@ -601,12 +607,11 @@ class NeuralTangentKernel(Kernel):
         if eval_gradient and Y is not None:
             raise ValueError("Gradient can only be evaluated when Y is None.")
         depth, beta = self._checked()
-        caller = serial()
-        a1, a2 = caller._inputs(X, Y)
+        a1, a2 = _engine.inputs(X, Y)
         d = a1.shape[1]
         b2 = beta * beta
         scale = self._scale(depth, beta)
-        k = caller._gram(a1, a2, ("ntk",), program=self._program(d, depth, beta))["ntk"]
+        k = _engine.gram(self._program(d, depth, beta), a1, a2, ("ntk",))["ntk"]
         if not eval_gradient or self.hyperparameter_bias.fixed:
             k *= scale
             if eval_gradient:
@@ -624,7 +629,7 @@ class NeuralTangentKernel(Kernel):
         # c >= beta^2, |K(beta)| and |K(beta')| are at most 3 c B, so the difference carries
         # a few ulps of c B: B to a few ulps, as accurate as the derivative recursion.
         c = max(1.0, b2, (depth + 1) * float(np.max(np.einsum("ij,ij->i", a1, a1), initial=0.0)))
-        k2 = caller._gram(a1, None, ("ntk",), program=self._program(d, depth, (b2 + c) ** 0.5))["ntk"]
+        k2 = _engine.gram(self._program(d, depth, (b2 + c) ** 0.5), a1, None, ("ntk",))["ntk"]
         # dK/dlog(beta) = 2 beta^2 d/d(beta^2) of scale(beta) K(beta), with
         # d scale/d(beta^2) = -scale / (1 + beta^2):
         #   grad = (2 beta^2 scale / c) (K(beta') - K(beta)) - (2 beta^2 scale / (1 + beta^2)) K(beta)
@@ -640,8 +645,8 @@ class NeuralTangentKernel(Kernel):
         if X.ndim != 2:
             raise ValueError(f"X must be a 2-D array of shape (N, d), got shape {X.shape}")
         depth, beta = self._checked()
-        program = self._program(X.shape[1], depth, beta)
-        return diagonals(program, X)[1] * self._scale(depth, beta)
+        a = _engine.as_input(X, "X")
+        return _engine.diagonal(self._program(a.shape[1], depth, beta), a)[1] * self._scale(depth, beta)
 
     def is_stationary(self):
         """False: the kernel depends on the inputs' norms and angle."""

@@ -37,8 +37,8 @@ analytic one (for one output, where the empirical NTK is a scalar kernel).
 How the derivatives are computed
 --------------------------------
 Layer by layer, without Jacobians (which would take O(N n_out P) memory for P parameters).
-The forward pass is :mod:`fastntk.empirical`'s: it keeps each Dense layer's input ``h`` and
-each activation's derivative ``phi'(z)``. For a Dense layer ``z = c_W h @ W + c_b b``:
+The forward pass (:mod:`fastntk._finite`) keeps each Dense layer's input ``h`` and each
+activation's derivative ``phi'(z)``. For a Dense layer ``z = c_W h @ W + c_b b``:
 
 - reverse mode (:func:`vjp`, the gradient of ``<g, f>`` for a cotangent ``g`` of the
   outputs' shape): with ``delta = d<g, f>/dz`` at the layer's output, the parameter gradients
@@ -60,17 +60,10 @@ import math
 
 import numpy as np
 
-from . import _arrays, empirical
-from ._predict_linalg import positive_real, times
-from .empirical import (
-    _as_param,
-    _check_input,
-    _check_params,
-    _describe_sequence,
-    _forward,
-    _matmul,
-    _multipliers,
-)
+from . import _arrays, _engine, empirical
+from ._args import finite_array, real_array, real_number
+from ._finite import bias, check_input, check_params, describe_sequence, forward, multipliers, output_dim
+from ._predict_linalg import times
 from .layers import Dense
 
 __all__ = ["Linearized", "TrainResult", "jvp", "linearize", "train_mse", "vjp"]
@@ -96,7 +89,7 @@ def _check_like(tree, like, name: str) -> list:
     if not isinstance(tree, (list, tuple)) or len(tree) != len(like):
         raise ValueError(
             f"{name} must have the structure of params: a list of {len(like)} entries ((dW, db) for a Dense "
-            f"layer, () otherwise), got {_describe_sequence(tree)}"
+            f"layer, () otherwise), got {describe_sequence(tree)}"
         )
     out = []
     for k, (t, p) in enumerate(zip(tree, like)):
@@ -108,13 +101,13 @@ def _check_like(tree, like, name: str) -> list:
             continue
         if not isinstance(t, (tuple, list)) or len(t) != 2:
             raise ValueError(f"{where}: expected a pair (W, b) like params[{k}], got {t!r}")
-        W = _as_param(t[0], f"{where}: W", p[0].shape)
+        W = finite_array(t[0], f"{where}: W", shape=p[0].shape)
         if p[1] is None:
             if t[1] is not None:
                 raise ValueError(f"{where}: layer {k} has no bias, so b must be None, got {t[1]!r}")
             b = None
         else:
-            b = _as_param(t[1], f"{where}: b", p[1].shape)
+            b = bias(t[1], where, p[1].shape[0])
         out.append((W, b))
     return out
 
@@ -179,7 +172,7 @@ class _Pass:
     __slots__ = ("f", "inputs", "derivs", "first_dense")
 
     def __init__(self, net, params, x):
-        self.f, self.inputs, self.derivs = _forward(net, params, x, keep=True)
+        self.f, self.inputs, self.derivs = forward(net, params, x, keep=True)
         self.first_dense = min(self.inputs) if self.inputs else None
 
 
@@ -191,13 +184,13 @@ def _vjp(net, params, p: _Pass, g: np.ndarray) -> list:
         layer = net.layers[k]
         if isinstance(layer, Dense):
             W, b = params[k]
-            c_w, c_b = _multipliers(layer, W.shape[0])
-            gW = _matmul(p.inputs[k].T, delta, c_w)  # c_W h^T delta (h^T copied contiguous by _matmul)
+            c_w, c_b = multipliers(layer, W.shape[0])
+            gW = _engine.matmul(p.inputs[k].T, delta, c_w)  # c_W h^T delta (h^T copied contiguous by _matmul)
             gb = None if b is None else c_b * delta.sum(axis=0)
             grads[k] = (gW, gb)
             if k == p.first_dense:  # gradients never flow into the inputs
                 break
-            delta = _matmul(delta, W, c_w, trans_b=True)
+            delta = _engine.matmul(delta, W, c_w, trans_b=True)
         elif k in p.derivs:
             delta = delta * p.derivs[k]
     return grads
@@ -210,10 +203,10 @@ def _jvp(net, params, p: _Pass, tangent) -> np.ndarray:
         if isinstance(layer, Dense):
             W, b = params[k]
             dW, db = tangent[k]
-            c_w, c_b = _multipliers(layer, W.shape[0])
-            dz = _matmul(p.inputs[k], dW, c_w)
+            c_w, c_b = multipliers(layer, W.shape[0])
+            dz = _engine.matmul(p.inputs[k], dW, c_w)
             if dh is not None:
-                dz += _matmul(dh, W, c_w)
+                dz += _engine.matmul(dh, W, c_w)
             if db is not None and c_b != 0.0:
                 dz += c_b * db
             dh = dz
@@ -243,9 +236,9 @@ def jvp(net, params, x, tangent):
         The outputs ``f(x; params)`` and ``J(x; params) @ tangent`` (the directional
         derivative), computed layer by layer alongside the forward pass, without a Jacobian.
     """
-    checked, input_dim = _check_params(net, params)
+    checked, input_dim = check_params(net, params)
     tangent = _check_like(tangent, checked, "tangent")
-    a = _check_input(x, "x", input_dim)
+    a = check_input(x, "x", input_dim)
     p = _Pass(net, checked, a)
     return p.f, _jvp(net, checked, p, tangent)
 
@@ -273,10 +266,10 @@ def vjp(net, params, x, cotangent):
         cotangent`` in params' layout (``(gW, gb)`` per Dense layer, float64, ``gb`` None where
         the layer has no bias; ``()`` otherwise).
     """
-    checked, input_dim = _check_params(net, params)
-    a = _check_input(x, "x", input_dim)
+    checked, input_dim = check_params(net, params)
+    a = check_input(x, "x", input_dim)
     p = _Pass(net, checked, a)
-    g = _as_param(cotangent, "cotangent", p.f.shape)
+    g = finite_array(cotangent, "cotangent", shape=p.f.shape)
     return p.f, _vjp(net, checked, p, g)
 
 
@@ -295,7 +288,7 @@ class Linearized:
     """
 
     def __init__(self, net, params0):
-        checked, input_dim = _check_params(net, params0)
+        checked, input_dim = check_params(net, params0)
         self.net = net
         self.params0 = _copy(checked)
         self._input_dim = input_dim
@@ -317,7 +310,7 @@ class Linearized:
         numpy.ndarray, float64, shape (N, n_out)
         """
         theta = _check_like(params, self.params0, "params")
-        a = _check_input(x, "x", self._input_dim)
+        a = check_input(x, "x", self._input_dim)
         p = _Pass(self.net, self.params0, a)
         return p.f + _jvp(self.net, self.params0, p, _axpy(-1.0, self.params0, theta))
 
@@ -326,9 +319,9 @@ class Linearized:
     def vjp(self, x, cotangent) -> list:
         """``J(x; theta_0)^T cotangent``: the gradient of ``sum(cotangent * f_lin(x; theta))``,
         the same for every theta. ``cotangent`` (N, n_out); returns params' layout."""
-        a = _check_input(x, "x", self._input_dim)
+        a = check_input(x, "x", self._input_dim)
         p = _Pass(self.net, self.params0, a)
-        g = _as_param(cotangent, "cotangent", p.f.shape)
+        g = finite_array(cotangent, "cotangent", shape=p.f.shape)
         return _vjp(self.net, self.params0, p, g)
 
 
@@ -424,12 +417,12 @@ class _Model:
     def train_outputs(self, state):
         if self.linearized:
             return self.p_train.f + _jvp(self.net, self.params0, self.p_train, state)
-        return _forward(self.net, state, self.x_train, keep=False)[0]
+        return forward(self.net, state, self.x_train, keep=False)[0]
 
     def test_outputs(self, state):
         if self.linearized:
             return self.p_test.f + _jvp(self.net, self.params0, self.p_test, state)
-        return _forward(self.net, state, self.x_test, keep=False)[0]
+        return forward(self.net, state, self.x_test, keep=False)[0]
 
     def ntk(self, state, trace_axes):
         """(ntk_train, ntk_test_train or None): constant, at theta_0, for the linearized network."""
@@ -538,102 +531,135 @@ def train_mse(
     FloatingPointError
         If the loss becomes non-finite (a learning rate above the stable maximum, for steps).
     """
-    # ---- Checks, all before any work.
-    checked, input_dim = _check_params(net, params)
-    if input_dim is None:
-        raise ValueError(f"net has no Dense layer, so no parameters to train: {net!r}")
-    a_train = _check_input(x_train, "x_train", input_dim)
-    a_test = None if x_test is None else _check_input(x_test, "x_test", a_train.shape[1])
-    for name, value in (("discrete", discrete), ("linearized", linearized), ("get_ntk", get_ntk)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False, got {value!r}")
-    lr = positive_real(learning_rate, "learning_rate")
-    trace = empirical.parse_trace_axes(trace_axes)
-    n_points = a_train.shape[0]
-    if n_points == 0:
-        raise ValueError(f"x_train must have at least one point, got shape {a_train.shape}")
-    m = empirical._output_dim(checked, a_train.shape[1])
-    y = np.asarray(y_train)
-    if y.dtype.kind not in "biuf":
-        raise TypeError(f"y_train must be a real numeric array, got dtype {y.dtype}")
-    flat = y.ndim == 1
-    expected = (n_points,) if (flat and m == 1) else (n_points, m)
-    if y.shape != expected:
-        raise ValueError(
-            f"y_train must have shape {(n_points, m)} (x_train rows, network outputs)"
-            + (f" or {(n_points,)}" if m == 1 else "")
-            + f", got {y.shape}"
-        )
-    y = _as_param(y, "y_train", expected).reshape(n_points, m)
-    tau_flat, shape = times(t, "t")
-    if not np.isfinite(tau_flat).all():
-        raise ValueError(f"t must be finite (a network is trained for a finite time), got {t!r}")
-    if discrete and not np.all(tau_flat == np.floor(tau_flat)):
-        raise ValueError(
-            f"t counts gradient-descent steps when discrete=True: it must hold non-negative integers, got {t!r}"
-        )
-    if not discrete:
-        if not isinstance(method, str) or method.upper() not in _FLOW_METHODS:
-            raise ValueError(f"method must be one of {_FLOW_METHODS} (explicit Runge-Kutta), got {method!r}")
-        rtol = positive_real(rtol, "rtol")
-        atol = positive_real(atol, "atol")
-    times_u, inverse = np.unique(tau_flat, return_inverse=True)  # ascending
-    n_times = times_u.size
-    n = float(y.size)
-    m_test = 0 if a_test is None else a_test.shape[0]
-
-    # ---- Outputs, allocated up front (a MemoryError now rather than at the end).
-    rec_train = np.empty((n_times, n_points, m))
-    rec_test = None if a_test is None else np.empty((n_times, m_test, m))
-    rec_loss = np.empty(n_times)
-    rec_ntk = rec_ntk_t = None
-    if get_ntk:
-        block = (n_points, n_points) if trace else (n_points, n_points, m, m)
-        rec_ntk = _arrays.empty_kernels(("ntk",), (n_times,) + block)["ntk"]
-        if a_test is not None:
-            block_t = (m_test, n_points) if trace else (m_test, n_points, m, m)
-            rec_ntk_t = _arrays.empty_kernels(("ntk",), (n_times,) + block_t)["ntk"]
-
-    model = _Model(net, checked, a_train, a_test, linearized)
-
-    def record(i, state, f_train):
-        r = f_train - y
-        rec_train[i] = f_train
-        rec_loss[i] = 0.5 * _sum_sq(r) / n
-        if rec_test is not None:
-            rec_test[i] = model.test_outputs(state)
-        if get_ntk:
-            k, kt = model.ntk(state, trace_axes)
-            rec_ntk[i] = k
-            if rec_ntk_t is not None:
-                rec_ntk_t[i] = kt
-
+    problem = _Problem(net, params, x_train, y_train, t, learning_rate, x_test, discrete, linearized, get_ntk,
+                       trace_axes, method, rtol, atol)  # fmt: skip
+    model = _Model(net, problem.params, problem.x_train, problem.x_test, linearized)
+    records = _Records(problem, model)
     state = model.initial_state()
-    n_grad = 0
-    with np.errstate(over="ignore", invalid="ignore"):
-        if discrete:
-            state, n_grad = _steps(model, state, y, n, lr, times_u, record)
-        else:
-            state, n_grad = _flow(model, state, y, n, lr, times_u, record, method.upper(), rtol, atol)
-
-    def shaped(a):  # (T, points, m) -> S + (points, m), or S + (points,) for 1-D targets
-        out = a[inverse].reshape(shape + a.shape[1:])
-        return out[..., 0] if flat else out
-
-    return TrainResult(
-        t=tau_flat.reshape(shape),
-        fx_train=shaped(rec_train),
-        fx_test=None if rec_test is None else shaped(rec_test),
-        loss=rec_loss[inverse].reshape(shape),
-        ntk_train=None if rec_ntk is None else rec_ntk[inverse].reshape(shape + rec_ntk.shape[1:]),
-        ntk_test_train=None if rec_ntk_t is None else rec_ntk_t[inverse].reshape(shape + rec_ntk_t.shape[1:]),
-        params=_copy(model.params(state)),
-        n_grad=n_grad,
-    )
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported
+        run = _steps if discrete else _flow
+        state, n_grad = run(model, state, problem, records.record)
+    return records.result(_copy(model.params(state)), n_grad)
 
 
-def _steps(model, state, y, n, lr, steps, record):
-    """Gradient-descent steps up to steps[-1], recording at each of the (sorted) steps."""
+class _Problem:
+    """train_mse's arguments, checked, all before any work.
+
+    params : checked parameters; x_train (N, d), x_test (M, d) or None; y (N, m) float64 and
+    flat (1-D targets); n = y.size; lr; trace (trace_axes); t_flat and shape: the requested
+    times and their shape; times: the distinct ones, ascending, and inverse: t_flat =
+    times[inverse]; method, rtol, atol (the flow's).
+    """
+
+    def __init__(self, net, params, x_train, y_train, t, learning_rate, x_test, discrete, linearized,
+                 get_ntk, trace_axes, method, rtol, atol):  # fmt: skip
+        self.params, input_dim = check_params(net, params)
+        if input_dim is None:
+            raise ValueError(f"net has no Dense layer, so no parameters to train: {net!r}")
+        self.x_train = check_input(x_train, "x_train", input_dim)
+        self.x_test = None if x_test is None else check_input(x_test, "x_test", self.x_train.shape[1])
+        for name, value in (("discrete", discrete), ("linearized", linearized), ("get_ntk", get_ntk)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        self.get_ntk, self.trace_axes = get_ntk, trace_axes
+        self.lr = real_number(learning_rate, "learning_rate", low=0, low_open=True)
+        self.trace = empirical.parse_trace_axes(trace_axes)
+        if self.x_train.shape[0] == 0:
+            raise ValueError(f"x_train must have at least one point, got shape {self.x_train.shape}")
+        self.y, self.flat = self._targets(y_train, output_dim(self.params, input_dim))
+        self.n = float(self.y.size)
+        self.t_flat, self.shape = times(t, "t")
+        if not np.isfinite(self.t_flat).all():
+            raise ValueError(f"t must be finite (a network is trained for a finite time), got {t!r}")
+        if discrete and not np.all(self.t_flat == np.floor(self.t_flat)):
+            raise ValueError(
+                f"t counts gradient-descent steps when discrete=True: it must hold non-negative integers, got {t!r}"
+            )
+        self.method, self.rtol, self.atol = method, rtol, atol
+        if not discrete:
+            if not isinstance(method, str) or method.upper() not in _FLOW_METHODS:
+                raise ValueError(
+                    f"method must be one of {_FLOW_METHODS} (explicit Runge-Kutta), got {method!r}"
+                )
+            self.method = method.upper()
+            self.rtol = real_number(rtol, "rtol", low=0, low_open=True)
+            self.atol = real_number(atol, "atol", low=0, low_open=True)
+        self.times, self.inverse = np.unique(self.t_flat, return_inverse=True)  # ascending
+
+    def _targets(self, y_train, m: int):
+        """(y as float64 (N, m), whether it was given 1-D)."""
+        n_points = self.x_train.shape[0]
+        y = real_array(y_train, "y_train")
+        flat = y.ndim == 1
+        expected = (n_points,) if (flat and m == 1) else (n_points, m)
+        if y.shape != expected:
+            raise ValueError(
+                f"y_train must have shape {(n_points, m)} (x_train rows, network outputs)"
+                + (f" or {(n_points,)}" if m == 1 else "")
+                + f", got {y.shape}"
+            )
+        return finite_array(y, "y_train").reshape(n_points, m), flat
+
+
+class _Records:
+    """What train_mse records at each distinct time, allocated up front (a MemoryError
+    before any work rather than at the end), and the TrainResult made from it."""
+
+    def __init__(self, problem: _Problem, model: _Model):
+        self.problem, self.model = problem, model
+        n_times = problem.times.size
+        n_points, m = problem.y.shape
+        m_test = 0 if problem.x_test is None else problem.x_test.shape[0]
+        self.train = np.empty((n_times, n_points, m))
+        self.test = None if problem.x_test is None else np.empty((n_times, m_test, m))
+        self.loss = np.empty(n_times)
+        self.ntk = self.ntk_test = None
+        if problem.get_ntk:
+            block = (n_points, n_points) if problem.trace else (n_points, n_points, m, m)
+            self.ntk = _arrays.empty_kernels(("ntk",), (n_times,) + block)["ntk"]
+            if problem.x_test is not None:
+                block_t = (m_test, n_points) if problem.trace else (m_test, n_points, m, m)
+                self.ntk_test = _arrays.empty_kernels(("ntk",), (n_times,) + block_t)["ntk"]
+
+    def record(self, i: int, state, f_train) -> None:
+        """Record the i-th distinct time: the state and its training outputs f_train."""
+        r = f_train - self.problem.y
+        self.train[i] = f_train
+        self.loss[i] = 0.5 * _sum_sq(r) / self.problem.n
+        if self.test is not None:
+            self.test[i] = self.model.test_outputs(state)
+        if self.ntk is not None:
+            k, kt = self.model.ntk(state, self.problem.trace_axes)
+            self.ntk[i] = k
+            if self.ntk_test is not None:
+                self.ntk_test[i] = kt
+
+    def result(self, params, n_grad: int) -> TrainResult:
+        """The TrainResult: every record at the requested times, in their shape."""
+        inverse, shape = self.problem.inverse, self.problem.shape
+
+        def at_times(a):  # (T, ...) -> S + (...)
+            return None if a is None else a[inverse].reshape(shape + a.shape[1:])
+
+        def outputs(a):  # S + (points, m), or S + (points,) for 1-D targets
+            out = at_times(a)
+            return out[..., 0] if out is not None and self.problem.flat else out
+
+        return TrainResult(
+            t=self.problem.t_flat.reshape(shape),
+            fx_train=outputs(self.train),
+            fx_test=outputs(self.test),
+            loss=at_times(self.loss),
+            ntk_train=at_times(self.ntk),
+            ntk_test_train=at_times(self.ntk_test),
+            params=params,
+            n_grad=n_grad,
+        )
+
+
+def _steps(model, state, problem: _Problem, record):
+    """Gradient-descent steps up to the last of problem.times, recording at each of them."""
+    y, n, lr, steps = problem.y, problem.n, problem.lr, problem.times
     k, i = 0, 0
     last = int(steps[-1])
     n_grad = 0
@@ -653,9 +679,12 @@ def _steps(model, state, y, n, lr, steps, record):
         k += 1
 
 
-def _flow(model, state, y, n, lr, taus_t, record, method, rtol, atol):
-    """The gradient flow in tau = lr t, integrated by SciPy, recorded at the (sorted) times."""
+def _flow(model, state, problem: _Problem, record):
+    """The gradient flow in tau = lr t, integrated by SciPy, recorded at problem.times."""
     from scipy import integrate
+
+    y, n, lr, taus_t = problem.y, problem.n, problem.lr, problem.times
+    method, rtol, atol = problem.method, problem.rtol, problem.atol
 
     like = state
     v0 = _flatten(state)

@@ -4,7 +4,7 @@
 // Ops (op.hpp) with their parameters pre-squared (W_std², b_std², a², ...), and the
 // polynomial activations carry integer coefficient tables in a shared pool.
 // ProgramView (op.hpp) is the plain-old-data view that kernels (CPU or CUDA) read.
-// Host only: this is the one header of csrc/include that uses the STL and exceptions.
+// Host only (with errors.hpp): the headers of csrc/include that use the STL and exceptions.
 #pragma once
 
 #include <cmath>

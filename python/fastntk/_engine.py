@@ -1,0 +1,321 @@
+"""The one door to the native code: every call into ``fastntk._core`` goes through here.
+
+The rest of the package speaks to the drivers only through these functions:
+
+- layer programs: :func:`program` (a network's, cached per input dimension) and
+  :func:`build_program` (any layer sequence, with the NTK-only bias scikit-ntk's kernel needs);
+- inputs: :func:`as_input` and :func:`inputs`, the single point where NumPy or CuPy arrays
+  are dispatched (CuPy arrays are refused with a clear message until a CUDA driver exists);
+- analytic kernels: :func:`gram` (final kernels, every-layer captures, derivative seeds),
+  :func:`every_layer`, :func:`diagonal`, :func:`dense_seeds`;
+- finite networks: :func:`empirical_gram` and :func:`matmul`;
+- the thread count (:func:`set_num_threads`, :func:`get_num_threads`) and :func:`build_info`.
+
+Every kernel leaves this module finite: an overflow in the recursion raises
+FloatingPointError naming the layer where the kernel first stopped being finite (found by
+replaying the offending pair with every-layer captures), never a silent NaN or Inf.
+"""
+
+from __future__ import annotations
+
+import numbers
+import threading
+import weakref
+
+import numpy as np
+
+from . import _arrays, _core
+from ._args import all_finite
+
+# The largest degree of Monomial and RectifiedMonomial: fastntk::kMaxDegree of the native
+# program, read from the module so that Python never holds a copy of its own.
+MAX_DEGREE = int(_core.MAX_DEGREE)
+
+
+# ---------------------------------------------------------------------------------------
+# Build and threads
+
+
+def build_info() -> dict:
+    """What the native module was built with (a fresh dict)."""
+    return dict(_core.build_info())
+
+
+_n_threads = 0  # 0: OpenMP's default (OMP_NUM_THREADS, else the number of cores)
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the number of threads of fastntk's native work; None restores the default."""
+    global _n_threads
+    if n is None:
+        _n_threads = 0
+        return
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"set_num_threads: n must be an integer >= 1 or None, got {n!r}")
+    _n_threads = int(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads fastntk's native work uses."""
+    if _n_threads:
+        return _n_threads
+    return int(_core.build_info()["max_threads"])
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs: the dispatch point between NumPy and (later) CuPy
+
+
+def as_input(x, name: str) -> np.ndarray:
+    """x as a C-contiguous float64 NumPy array (N, d), d >= 1, all finite (see
+    :func:`fastntk._arrays.as_input`). CuPy arrays are refused here, the one place a CUDA
+    driver will take them."""
+    if _arrays.is_cupy(x):
+        raise TypeError(
+            f"{name} is a CuPy array, but fastntk was built without CUDA; pass a NumPy array "
+            f"({name}.get()) or install a CUDA build (see fastntk.build_info())"
+        )
+    return _arrays.as_input(x, name)
+
+
+def inputs(x1, x2, names=("x1", "x2")):
+    """(a1, a2): x1 and x2 checked and converted; a2 is None for x1's own Gram (x2 None or
+    x2 is x1), which the drivers compute with the symmetry."""
+    a1 = as_input(x1, names[0])
+    a2 = None
+    if x2 is not None and x2 is not x1:
+        a2 = as_input(x2, names[1])
+        if a2.shape[1] != a1.shape[1]:
+            raise ValueError(
+                f"{names[0]} and {names[1]} must have the same number of features: {names[0]} has shape "
+                f"{a1.shape}, {names[1]} has shape {a2.shape}"
+            )
+    return a1, a2
+
+
+# ---------------------------------------------------------------------------------------
+# Layer programs
+
+
+def build_program(layers, input_dim: int, *, ntk_bias: float = 0.0):
+    """The native program of a layer sequence for inputs of dimension input_dim.
+
+    ``ntk_bias`` adds ``ntk_bias**2`` to the NTK (not the NNGP) at every Dense layer: the
+    zero-initialized trainable biases of scikit-ntk's kernel."""
+    prog = _core.Program()
+    n_in = input_dim
+    for k, layer in enumerate(layers):
+        prog.set_layer(k)
+        layer._emit(prog, n_in, ntk_bias)
+        if getattr(layer, "out_dim", None) is not None:
+            n_in = layer.out_dim
+    return prog
+
+
+# network -> {input_dim: program}; weak, so a network's programs go with it.
+_programs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_programs_lock = threading.Lock()
+
+
+def program(net, input_dim: int):
+    """The native program of ``net`` (a Network) for inputs of dimension input_dim, cached."""
+    with _programs_lock:
+        cache = _programs.setdefault(net, {})
+        prog = cache.get(input_dim)
+    if prog is None:
+        prog = build_program(net.layers, input_dim)
+        with _programs_lock:
+            prog = cache.setdefault(input_dim, prog)
+    return prog
+
+
+def last_ops(prog) -> dict:
+    """{layer index: index of the last op it emitted} (layers without ops are absent)."""
+    last = {}
+    for op, layer in enumerate(prog.op_layers):
+        last[layer] = op
+    return last
+
+
+def dense_seeds(prog, directions) -> np.ndarray:
+    """Seeds (n_ops, P, 3) for the derivatives along P directions, each a (slot, value)
+    pair applied to every Dense op: slot 0 = W_std^2, 1 = b_std^2, 2 = the NTK-only bias
+    term; value = d(that quantity) along the direction."""
+    seeds = np.zeros((prog.n_ops, len(directions), 3))
+    dense = np.asarray(prog.dense_ops, dtype=bool)
+    for p, (slot, value) in enumerate(directions):
+        seeds[dense, p, slot] = value
+    return seeds
+
+
+# ---------------------------------------------------------------------------------------
+# Analytic kernels
+
+
+def gram(prog, a1, a2, names, *, capture_after=(), seeds=None, layers=None) -> dict:
+    """The native Gram on checked inputs (from :func:`inputs`): {name: array}.
+
+    Plain (N1, N2) arrays for the final kernels; (captures, 1 + directions, N1, N2) with
+    ``capture_after`` (op indices) or ``seeds`` (n_ops, directions, 3; see
+    :func:`dense_seeds`). ``layers`` (the layer sequence, for messages) names the layer
+    where a non-finite kernel first appeared; see :func:`check_kernels`.
+    """
+    n1 = a1.shape[0]
+    n2 = n1 if a2 is None else a2.shape[0]
+    plain = not capture_after and seeds is None
+    shape = (
+        (n1, n2)
+        if plain
+        else (max(len(capture_after), 1), 1 + (0 if seeds is None else seeds.shape[1]), n1, n2)
+    )
+    outs = _arrays.empty_kernels(names, shape)
+    _native_gram(prog, a1, a2, outs, capture_after, seeds)
+    check_kernels(prog, a1, a2, outs, layers)
+    return outs
+
+
+def _native_gram(prog, a1, a2, outs: dict, capture_after=(), seeds=None) -> None:
+    _core.ntk_gram(
+        prog,
+        a1,
+        a2,
+        outs.get("nngp"),
+        outs.get("ntk"),
+        n_threads=get_num_threads(),
+        capture_after=list(capture_after),
+        seeds=seeds,
+    )
+
+
+def every_layer(net, a1, a2, names) -> dict:
+    """{name: (len(net.layers), N1, N2)}: the kernels after every layer, from one pass (see
+    :meth:`fastntk.Network.kernel`)."""
+    prog = program(net, a1.shape[1])
+    last_op = last_ops(prog)
+    captures = sorted(set(last_op.values()))
+    n_layers = len(net.layers)
+    if not captures:  # no ops at all: every entry is the input kernel
+        raw = {n: None for n in names}
+    else:
+        raw = gram(prog, a1, a2, names, capture_after=captures, layers=net.layers)
+        if len(captures) == n_layers:  # one op group per layer: the captures are the answer
+            return {n: raw[n][:, 0] for n in names}
+    where = {k: c for c, k in enumerate(captures)}
+    n1 = a1.shape[0]
+    n2 = n1 if a2 is None else a2.shape[0]
+    outs = _arrays.empty_kernels(names, (n_layers, n1, n2))
+    current = None  # the capture holding the kernel so far; None: the input kernel
+    for layer in range(n_layers):
+        if layer in last_op:
+            current = where[last_op[layer]]
+        for n in names:
+            if current is not None:
+                outs[n][layer] = raw[n][current, 0]
+            elif n == "ntk":
+                outs[n][layer] = 0.0
+            else:
+                outs[n][layer] = a1 @ (a1 if a2 is None else a2).T / a1.shape[1]
+    return outs
+
+
+def diagonal(prog, a, layers=None):
+    """(nngp, ntk): the diagonals k(x, x) of the rows of a checked input, O(N (d + layers))."""
+    nngp, ntk = _core.ntk_diag(prog, a, n_threads=get_num_threads())
+    if not (all_finite(nngp) and all_finite(ntk)):
+        bad = np.flatnonzero(~(np.isfinite(nngp) & np.isfinite(ntk)))[0]
+        raise _non_finite_error(prog, a, None, int(bad), int(bad), layers, "kernel diagonal")
+    return nngp, ntk
+
+
+# ---------------------------------------------------------------------------------------
+# No silent non-finite results
+
+
+def check_kernels(prog, a1, a2, outs: dict, layers=None) -> None:
+    """FloatingPointError unless every entry of the kernels in ``outs`` (from ``prog`` on a1,
+    a2) is finite. One summing pass over each output (over the upper triangle only when
+    a2 is None: the drivers mirror it); only on failure is the offending pair replayed to
+    find the layer."""
+    for name, out in outs.items():
+        if out is None or _all_finite_kernel(out, symmetric=a2 is None):
+            continue
+        index = np.unravel_index(int(np.argmax(~np.isfinite(out).ravel())), out.shape)
+        i, j = int(index[-2]), int(index[-1])
+        raise _non_finite_error(prog, a1, a2, i, j, layers, f"{name} kernel")
+
+
+def _all_finite_kernel(out, symmetric: bool, rows: int = 64) -> bool:
+    """all_finite(out) for (..., N1, N2) kernels; symmetric ones are read by blocks of rows
+    from the diagonal on, about half of the entries (this pass costs ~2% of a kernel on its
+    own, all of it memory traffic)."""
+    if not symmetric:
+        return all_finite(out)
+    n = out.shape[-1]
+    return all(all_finite(out[..., i : i + rows, i:]) for i in range(0, n, rows))
+
+
+def _first_bad_op(prog, b1, b2):
+    """The first op after which the kernels of one pair (b1, b2 rows; b2 None: b1 with
+    itself, by the diagonal maps) are not finite, or None."""
+    n_ops = prog.n_ops
+    if n_ops == 0:
+        return None
+    outs = _arrays.empty_kernels(("nngp", "ntk"), (n_ops, 1, 1, 1))
+    _native_gram(prog, b1, b2, outs, capture_after=range(n_ops))
+    bad = ~(np.isfinite(outs["nngp"][:, 0, 0, 0]) & np.isfinite(outs["ntk"][:, 0, 0, 0]))
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def _non_finite_error(prog, a1, a2, i: int, j: int, layers, what: str) -> FloatingPointError:
+    """The error for a non-finite kernel entry (i, j): the layer where the replay of that
+    pair (each point with itself first: overflow usually starts in a variance) first
+    stopped being finite."""
+    rows2 = a1 if a2 is None else a2
+    if a2 is None:
+        where = f"row {i} of x1" if i == j else f"the pair (rows {i} and {j} of x1)"
+    else:
+        where = f"the pair (row {i} of x1, row {j} of x2)"
+    op = None
+    for b1, b2, who in (
+        (a1[i : i + 1], None, f"row {i} of x1"),
+        (rows2[j : j + 1], None, f"row {j} of x{1 if a2 is None else 2}"),
+        (a1[i : i + 1], rows2[j : j + 1], where),
+    ):
+        op = _first_bad_op(prog, b1, b2)
+        if op is not None:
+            where = who
+            break
+    entry = f"entry {i}" if what == "kernel diagonal" else f"entry {(i, j)}"
+    head = f"fastntk: the {what} is not finite (NaN or Inf) at {entry}"
+    advice = (
+        "The variances grow from layer to layer until they overflow float64: use a smaller W_std "
+        "(for Relu, W_std^2 > 2 multiplies the variance by W_std^2 / 2 per layer) or b_std, fewer "
+        "layers, or scale the inputs down"
+    )
+    if op is None:
+        return FloatingPointError(
+            f"{head}; replaying it gave finite values, so the layer is unknown. {advice}"
+        )
+    layer = int(prog.op_layers[op])
+    name = f" ({layers[layer]!r})" if layers is not None and layer < len(layers) else ""
+    return FloatingPointError(f"{head}: for {where} it stops being finite at layer {layer}{name}. {advice}")
+
+
+# ---------------------------------------------------------------------------------------
+# Finite networks
+
+
+def empirical_gram(terms, n1: int, n2, m: int, out, **kwargs) -> None:
+    """``_core.empirical_gram`` on fastntk's thread team (see :mod:`fastntk._finite`)."""
+    _core.empirical_gram(terms, n1, n2, m, out, n_threads=get_num_threads(), **kwargs)
+
+
+def matmul(a, b, alpha: float, trans_b: bool = False) -> np.ndarray:
+    """alpha * a @ b (b.T if trans_b) on fastntk's BLAS and thread team: the products of the
+    forward and backward passes then share one team with the kernel assembly, instead of
+    alternating with NumPy's BLAS threads (each team spins for a while after its work, and
+    on a few cores the two slow each other down)."""
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    out = np.empty((a.shape[0], b.shape[0] if trans_b else b.shape[1]))
+    _core.matmul(a, b, out, trans_b=trans_b, alpha=alpha, n_threads=get_num_threads())
+    return out
