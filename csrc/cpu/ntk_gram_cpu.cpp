@@ -18,6 +18,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -66,6 +67,8 @@ struct Job {
   bool symmetric;
   // The plain kernels in double: tiles computed in the outputs themselves (see gram).
   bool in_place = false;
+  // Set when an in-place tile wrote a non-finite entry (checked while its row is in L1).
+  std::atomic<bool>* not_finite = nullptr;
 
   static constexpr int kPlanes = 1 + DualSize<T>::value;
   double* plane(double* base, int c, int p) const { return base + (Index(c) * kPlanes + p) * n1 * n2; }
@@ -143,6 +146,15 @@ void run_row(const Job<T>& job, Index i, Index j0, int n, T* s, T* t) {
   if (job.capture_end >= 0) store_captured<Ntk>(job, job.capture_end, i, j0, n, s, t);
 }
 
+// Whether v[0 .. n) are all finite: x * 0 is 0 for finite x and NaN for NaN and +-Inf, so
+// one vectorized sum over the row (still in L1) tells.
+inline bool all_finite(const double* FASTNTK_RESTRICT v, int n) {
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (int j = 0; j < n; ++j) acc += v[j] * 0.0;
+  return acc == 0.0;
+}
+
 // Per thread: the tile's input covariances when they cannot be walked in place (see
 // Job::in_place), [rows, cols]; rows of T for the walk: s (a copy of a row when it is not
 // walked where it lies) and t (the NTK row when it is not written straight out).
@@ -189,12 +201,17 @@ void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch, StopChec
     double* row = c + r * ldc + jb;
     if constexpr (std::is_same_v<T, double>) {
       if (job.in_place) {
+        bool finite;
         if (job.nngp) {
-          run_row<Ntk>(job, i, j0, len, row, job.ntk ? job.ntk + i * job.n2 + j0 : scratch.t.get());
+          double* t = job.ntk ? job.ntk + i * job.n2 + j0 : scratch.t.get();
+          run_row<Ntk>(job, i, j0, len, row, t);
+          finite = all_finite(row, len) && (!Ntk || !job.ntk || all_finite(t, len));
         } else {  // the NTK alone: row is its output, the NNGP walks in a copy
           std::copy(row, row + len, scratch.s.get());
           run_row<Ntk>(job, i, j0, len, scratch.s.get(), row);
+          finite = all_finite(row, len);
         }
+        if (!finite) job.not_finite->store(true, std::memory_order_relaxed);
         continue;
       }
     }
@@ -246,21 +263,28 @@ void dispatch_tile(bool ntk, const Job<T>& job, const Tile& tile, Scratch<T>& sc
 
 // The exact diagonal of a symmetric Gram: the tiles' own diagonal pairs went through a
 // correlation that GEMM round-off may put at 1 - 1e-16, which costs ~8 digits after acos.
+// Returns whether the diagonal's values are all finite.
 template <class T>
-void write_exact_diagonal(const Job<T>& job, const Points<T>& pts) {
+bool write_exact_diagonal(const Job<T>& job, const Points<T>& pts) {
   const Index n = job.n1;
+  bool finite = true;
   for (int c = 0; c < job.n_captures; ++c)
     for (Index i = 0; i < n; ++i) {
       const T q = pts.q[c * n + i], t = pts.t[c * n + i];
+      finite = finite && std::isfinite(value(q)) && std::isfinite(value(t));
       for (int p = 0; p < Job<T>::kPlanes; ++p) {
         if (job.nngp) job.plane(job.nngp, c, p)[i * job.n2 + i] = p == 0 ? value(q) : tangent(q, p - 1);
         if (job.ntk) job.plane(job.ntk, c, p)[i * job.n2 + i] = p == 0 ? value(t) : tangent(t, p - 1);
       }
     }
+  return finite;
 }
 
+// Returns true when every entry written is known to be finite (the plain kernels, checked
+// per row in the tiles; see Job::not_finite), false when some may not be (not checked, or
+// one found): the caller then scans the outputs.
 template <class T>
-void gram(const ProgramView& prog, const double* x1, Index n1, const double* x2, Index n2, Index d, double* nngp,
+bool gram(const ProgramView& prog, const double* x1, Index n1, const double* x2, Index n2, Index d, double* nngp,
           double* ntk, const GramOptions& opt, const std::vector<int>& capture, int capture_end, int n_captures,
           const std::vector<double>& seeds) {
   const bool symmetric = x2 == nullptr;
@@ -288,8 +312,10 @@ void gram(const ProgramView& prog, const double* x1, Index n1, const double* x2,
   // themselves: no tile buffer, no copy; the walk then writes nothing at the end.
   job.in_place =
       std::is_same_v<T, double> && capture_end >= 0 && n_captures == 1 && n2 <= std::numeric_limits<int>::max();
+  std::atomic<bool> not_finite{false};
   Job<T> walk = job;
   if (job.in_place) walk.capture_end = -1;
+  walk.not_finite = &not_finite;
 
   const TileShape shape = opt.tile > 0 ? TileShape{opt.tile, opt.tile} : default_tile(n1, n2, symmetric, threads);
   const std::vector<Tile> tiles = tile_grid(n1, n2, symmetric, shape);
@@ -306,7 +332,8 @@ void gram(const ProgramView& prog, const double* x1, Index n1, const double* x2,
         dispatch_tile(ntk != nullptr, walk, tiles[k], scratch, check);
       });
 
-  if (symmetric) write_exact_diagonal(job, p1);
+  const bool diagonal_finite = !symmetric || write_exact_diagonal(job, p1);
+  return job.in_place && diagonal_finite && !not_finite.load();
 }
 
 }  // namespace
@@ -338,12 +365,12 @@ TileShape default_tile(std::int64_t n1, std::int64_t n2, bool symmetric, int n_t
   return tile_shape(n1, n2, symmetric, n_threads, TileShape{256, 1024}, 32);
 }
 
-void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
+bool ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
                   std::int64_t d, double* nngp, double* ntk, const GramOptions& opt) {
-  ntk_gram_cpu(program, x1, n1, x2, n2, d, nngp, ntk, opt, GramRequest{});
+  return ntk_gram_cpu(program, x1, n1, x2, n2, d, nngp, ntk, opt, GramRequest{});
 }
 
-void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
+bool ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
                   std::int64_t d, double* nngp, double* ntk, const GramOptions& opt, const GramRequest& req) {
   const bool symmetric = x2 == nullptr;
   if (symmetric) n2 = n1;
@@ -378,24 +405,20 @@ void ntk_gram_cpu(const Program& program, const double* x1, std::int64_t n1, con
       last = k;
     }
   }
-  if (n1 == 0 || n2 == 0) return;
+  if (n1 == 0 || n2 == 0) return true;
   if (!x1) throw std::invalid_argument("ntk_gram_cpu: x1 is null");
 
   const ProgramView prog = program.view();
   blas::use_single_thread();
   switch (P) {
     case 0:
-      gram<double>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
-      break;
+      return gram<double>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
     case 1:
-      gram<Dual<1>>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
-      break;
+      return gram<Dual<1>>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
     case 2:
-      gram<Dual<2>>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
-      break;
+      return gram<Dual<2>>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
     default:
-      gram<Dual<3>>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
-      break;
+      return gram<Dual<3>>(prog, x1, n1, x2, n2, d, nngp, ntk, opt, capture, capture_end, n_captures, req.seeds);
   }
 }
 
