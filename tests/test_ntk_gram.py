@@ -65,22 +65,24 @@ def test_many_tiles_and_remainders(parameterization, rng):
 
 @pytest.mark.parametrize("get", [("nngp", "ntk"), ("nngp",), ("ntk",)])
 def test_wide_tiles_computed_in_the_outputs(get, rng):
-    """One thread at N=1100 takes the default 256 x 1024 tiles: a band's diagonal tile holds
-    its triangle (dsyrk) and a dgemm part, the last bands are narrow remainders, and the
-    plain kernels are computed inside the outputs (the NTK alone walks the NNGP in a copy).
-    Against the reference, symmetric path and cross path (a copy of x), exactly mirrored."""
-    assert nt._core.default_tile(1100, 1100, True, 1) == (256, 1024)
+    """One thread at N=2300 takes the default 256 x 2048 tiles: a band's diagonal tile holds
+    its triangle (dsyrk) and a dgemm part, the last bands are narrow remainders, rows wider
+    than 1024 pairs are walked in segments, and the plain kernels are computed inside the
+    outputs (the NTK alone walks the NNGP in a copy), mirrored by bands of 8 rows. Against
+    the reference, symmetric path and cross path (a copy of x), exactly mirrored."""
+    n = 2300
+    assert nt._core.default_tile(n, n, True, 1) == (256, 2048)
     spec = mlp("relu", 2, W_std=1.3, b_std=0.2)
     net = to_fastntk(spec)
-    x = rng.standard_normal((1100, 6))
+    x = rng.standard_normal((n, 6))
     program = _engine.program(net, 6)
     for b in (None, x.copy()):
         ref = dict(zip(("nngp", "ntk"), ntk_gram_ref(spec, x, b)))
-        outs = {name: np.empty((1100, 1100)) for name in get}
+        outs = {name: np.empty((n, n)) for name in get}
         nt._core.ntk_gram(program, x, b, outs.get("nngp"), outs.get("ntk"), n_threads=1)
         # The cross path's pairs (i, i) are parallel only up to GEMM round-off, which acos
         # turns into ~1e-8 (DESIGN.md section 5: only x2=None has the exact diagonal).
-        off = ~np.eye(1100, dtype=bool) if b is not None else np.ones((1100, 1100), bool)
+        off = ~np.eye(n, dtype=bool) if b is not None else np.ones((n, n), bool)
         for name, out in outs.items():
             diag = np.diag(ref[name])
             scale = entry_scale(ref[name], diag, diag)[off]
@@ -104,7 +106,7 @@ def test_default_tiles_give_every_thread_work(threads, symmetric):
     assert count >= 4 * threads or rows == 32
     assert rows >= 32 and cols >= rows
     if threads <= 2:
-        assert (rows, cols) == (256, 1024)
+        assert (rows, cols) == (256, 2048)
 
 
 @pytest.mark.parametrize("tile", [1, 7, 8, 33, 100, 4096])

@@ -74,10 +74,12 @@ void bind_ntk_gram(py::module_& m) {
         const double* p2 = x2 ? x2->data() : nullptr;
         double* pn = nngp ? nngp->mutable_data() : nullptr;
         double* pt = ntk ? ntk->mutable_data() : nullptr;
+        bool finite = false;
         fastntk::bindings::run_interruptible([&](const std::function<bool()>& interrupted) {
           opt.interrupted = interrupted;
-          fastntk::cpu::ntk_gram_cpu(prog, p1, n1, p2, n2, d, pn, pt, opt, req);
+          finite = fastntk::cpu::ntk_gram_cpu(prog, p1, n1, p2, n2, d, pn, pt, opt, req);
         });
+        return finite;
       },
       py::arg("program"), py::arg("x1").noconvert(), py::arg("x2").noconvert() = py::none(),
       py::arg("nngp").noconvert() = py::none(), py::arg("ntk").noconvert() = py::none(), py::arg("n_threads") = 0,
@@ -85,8 +87,9 @@ void bind_ntk_gram(py::module_& m) {
       "Fill nngp and/or ntk (float64, C order) with the program's kernels between the rows of x1 and x2 "
       "(x2=None: x1 with itself, using symmetry). Outputs are (N1, N2); with capture_after (op indices after "
       "which to write the kernels) or seeds (n_ops, P, 3: derivatives of each Dense op's W^2, b^2, t0 along P "
-      "directions) they are (captures, 1 + P, N1, N2): the kernels, then their derivatives. Releases the GIL; "
-      "Ctrl-C stops it.");
+      "directions) they are (captures, 1 + P, N1, N2): the kernels, then their derivatives. Returns True when "
+      "every entry written is known to be finite (checked in the tiles for the plain kernels), False when one "
+      "may not be (scan the outputs then). Releases the GIL; Ctrl-C stops it.");
 
   m.def(
       "ntk_diag",

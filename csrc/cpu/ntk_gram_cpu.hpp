@@ -40,14 +40,17 @@ constexpr int kMaxDirections = 3;
 //   nngp: [n1, n2] row-major output, or nullptr if not wanted
 //   ntk:  [n1, n2] row-major output, or nullptr if not wanted
 // Throws std::invalid_argument on bad sizes or where a layer's kernel diverges for the data.
-void ntk_gram_cpu(const Program& prog, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
+// Returns true when every entry written is known to be finite (checked while the tiles are
+// in cache; done for the plain kernels in float64), false when some entry may not be (found,
+// or not checked): the caller scans the outputs then.
+bool ntk_gram_cpu(const Program& prog, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
                   std::int64_t d, double* nngp, double* ntk, const GramOptions& opt = {});
 
 // The general form: nngp and ntk (each optional) are [C, 1 + P, n1, n2] row-major, with
 // C = the number of captures and P = the number of directions of `req`: for capture c,
 // plane 0 holds the kernel after op req.capture_after[c] and plane 1 + p its derivative
 // along direction p.
-void ntk_gram_cpu(const Program& prog, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
+bool ntk_gram_cpu(const Program& prog, const double* x1, std::int64_t n1, const double* x2, std::int64_t n2,
                   std::int64_t d, double* nngp, double* ntk, const GramOptions& opt, const GramRequest& req);
 
 // The diagonal Sigma(x, x) and Theta(x, x) of each row of x ([n, d]) alone, from the exact

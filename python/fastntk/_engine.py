@@ -169,13 +169,16 @@ def gram(prog, a1, a2, names, *, capture_after=(), seeds=None, layers=None) -> d
         else (max(len(capture_after), 1), 1 + (0 if seeds is None else seeds.shape[1]), n1, n2)
     )
     outs = _arrays.empty_kernels(names, shape)
-    _native_gram(prog, a1, a2, outs, capture_after, seeds)
-    check_kernels(prog, a1, a2, outs, layers)
+    if not _native_gram(prog, a1, a2, outs, capture_after, seeds):
+        check_kernels(prog, a1, a2, outs, layers)
     return outs
 
 
-def _native_gram(prog, a1, a2, outs: dict, capture_after=(), seeds=None) -> None:
-    _core.ntk_gram(
+def _native_gram(prog, a1, a2, outs: dict, capture_after=(), seeds=None) -> bool:
+    """Fills ``outs``; True when the native side saw every entry finite (it checks the plain
+    kernels' tiles while they are in cache), False when some entry may not be (then
+    :func:`check_kernels` scans the outputs and names the layer)."""
+    return _core.ntk_gram(
         prog,
         a1,
         a2,
@@ -233,7 +236,8 @@ def diagonal(prog, a, layers=None):
 
 def check_kernels(prog, a1, a2, outs: dict, layers=None) -> None:
     """FloatingPointError unless every entry of the kernels in ``outs`` (from ``prog`` on a1,
-    a2) is finite. One summing pass over each output (over the upper triangle only when
+    a2) is finite. Called when the native pass did not vouch for them (see
+    :func:`_native_gram`). One summing pass over each output (over the upper triangle only when
     a2 is None: the drivers mirror it); only on failure is the offending pair replayed to
     find the layer."""
     for name, out in outs.items():
