@@ -218,7 +218,7 @@ void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch, StopChec
 template <bool Ntk, int P>
 void run_row_planes(const Job<Dual<P>>& job, const PlanePointTables<P>& t1, const PlanePointTables<P>& t2, Index i,
                     Index j0, int n, double* s, double* t) {
-  row_walk_planes<Ntk, P>(job.prog, job.seeds, t1, i, t2, j0, n, s, t, [&](int k) {
+  row_walk_planes<Ntk, P>(job.prog, job.seeds, t1, i, t2, j0, n, s, n, t, n, [&](int k) {
     if (job.capture[k] >= 0) store_captured<Ntk>(job, job.capture[k], i, j0, n, s, t);
   });
   if (job.capture_end >= 0) store_captured<Ntk>(job, job.capture_end, i, j0, n, s, t);
@@ -230,15 +230,38 @@ void run_tile_planes(const Job<Dual<P>>& job, const Tile& tile, Scratch<Dual<P>>
   double* c = scratch.c.get();
   const int ldc = tile.cols;
   tile_covariances(job, tile, c, ldc);
+  // The final kernels alone (no captures): each requested kernel is walked in its output
+  // planes themselves (n1 * n2 apart), so that nothing is copied out afterwards.
+  const bool direct = job.capture_end >= 0 && job.n_captures == 1;
+  const Index out_stride = job.n1 * job.n2;
   for (int r = 0; r < tile.rows; ++r) {
     if (check.stopped()) return;  // as in run_tile
     const int jb = tile.diagonal ? r : 0;
     const int len = tile.cols - jb;
-    double* s = scratch.s.get();
+    const Index i = tile.i0 + r, j0 = tile.j0 + jb;
     const double* row = c + Index(r) * ldc + jb;
+    if (!direct) {
+      double* s = scratch.s.get();
+      std::copy(row, row + len, s);
+      std::fill(s + len, s + (1 + P) * Index(len), 0.0);  // the inputs do not depend on the parameters
+      run_row_planes<Ntk, P>(job, t1, t2, i, j0, len, s, scratch.t.get());
+      continue;
+    }
+    double* s = scratch.s.get();
+    Index ss = len;
+    if (job.nngp) {
+      s = job.plane(job.nngp, 0, 0) + i * job.n2 + j0;
+      ss = out_stride;
+    }
     std::copy(row, row + len, s);
-    std::fill(s + len, s + (1 + P) * Index(len), 0.0);  // the inputs do not depend on the parameters
-    run_row_planes<Ntk, P>(job, t1, t2, tile.i0 + r, tile.j0 + jb, len, s, scratch.t.get());
+    for (int p = 1; p <= P; ++p) std::fill(s + p * ss, s + p * ss + len, 0.0);
+    double* t = scratch.t.get();
+    Index ts = len;
+    if (Ntk && job.ntk) {
+      t = job.plane(job.ntk, 0, 0) + i * job.n2 + j0;
+      ts = out_stride;
+    }
+    row_walk_planes<Ntk, P>(job.prog, job.seeds, t1, i, t2, j0, len, s, ss, t, ts, [](int) {});
   }
   if (job.symmetric) {
     for (int cap = 0; cap < job.n_captures; ++cap)

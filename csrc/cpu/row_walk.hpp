@@ -133,23 +133,25 @@ void split_planes(const PointTablesT<Dual<P>>& tables, int n_activations, double
 // body: OpenMP lowering turns the addressable locals of that body (passed by reference to
 // the map) into per-lane arrays before inlining, which keeps Dual<P> in memory and the
 // loop scalar; locals of an inlined callee are scalarized and the loop vectorizes.
+// s and t: 1 + P planes, ss and ts apart.
 template <class Map, bool Ntk, int P>
 FASTNTK_ALWAYS_INLINE void activation_pair_planes(const Op& op, const double* coef, const StatsT<Dual<P>>& x,
                                                   const double* qy, const double* ay, const double* by,
-                                                  const double* cy, std::int64_t ny, int n, double* s, double* t,
-                                                  int j) {
+                                                  const double* cy, std::int64_t ny, double* s, std::int64_t ss,
+                                                  double* t, std::int64_t ts, int j) {
   const StatsT<Dual<P>> y{load_planes<P>(qy, ny, j), load_planes<P>(ay, ny, j), load_planes<P>(by, ny, j),
                           load_planes<P>(cy, ny, j)};
-  Dual<P> sj = load_planes<P>(s, n, j), tj = Ntk ? load_planes<P>(t, n, j) : Dual<P>(0.0);
+  Dual<P> sj = load_planes<P>(s, ss, j), tj = Ntk ? load_planes<P>(t, ts, j) : Dual<P>(0.0);
   Map::template pair<Ntk>(op, coef, x, y, sj, tj);
-  store_planes<P>(s, n, j, sj);
-  if (Ntk) store_planes<P>(t, n, j, tj);
+  store_planes<P>(s, ss, j, sj);
+  if (Ntk) store_planes<P>(t, ts, j, tj);
 }
 
-// activation_row by plane: s and t hold 1 + P planes of n.
+// activation_row by plane: s and t hold 1 + P planes of n, ss and ts apart.
 template <class Map, bool Ntk, int P>
 void activation_row_planes(const Op& op_ref, const double* coef, const StatsT<Dual<P>> x, const PlanePointTables<P>& ty,
-                           int a, std::int64_t j0, int n, double* FASTNTK_RESTRICT s, double* FASTNTK_RESTRICT t) {
+                           int a, std::int64_t j0, int n, double* FASTNTK_RESTRICT s, std::int64_t ss,
+                           double* FASTNTK_RESTRICT t, std::int64_t ts) {
   const Op op = op_ref;
   const std::int64_t ny = ty.n;
   const double* FASTNTK_RESTRICT qy = ty.field(a, 0) + j0;
@@ -157,24 +159,24 @@ void activation_row_planes(const Op& op_ref, const double* coef, const StatsT<Du
   const double* FASTNTK_RESTRICT by = ty.field(a, 2) + j0;
   const double* FASTNTK_RESTRICT cy = ty.field(a, 3) + j0;
 #pragma omp simd
-  for (int j = 0; j < n; ++j) activation_pair_planes<Map, Ntk, P>(op, coef, x, qy, ay, by, cy, ny, n, s, t, j);
+  for (int j = 0; j < n; ++j) activation_pair_planes<Map, Ntk, P>(op, coef, x, qy, ay, by, cy, ny, s, ss, t, ts, j);
 }
 
 template <bool Ntk, int P>
-FASTNTK_ALWAYS_INLINE void dense_pair_planes(const DenseOp& op, const DenseParams<Dual<P>>& w, int n, double* s,
-                                             double* t, int j) {
-  Dual<P> sj = load_planes<P>(s, n, j), tj = Ntk ? load_planes<P>(t, n, j) : Dual<P>(0.0);
+FASTNTK_ALWAYS_INLINE void dense_pair_planes(const DenseOp& op, const DenseParams<Dual<P>>& w, double* s,
+                                             std::int64_t ss, double* t, std::int64_t ts, int j) {
+  Dual<P> sj = load_planes<P>(s, ss, j), tj = Ntk ? load_planes<P>(t, ts, j) : Dual<P>(0.0);
   dense_apply<Ntk>(op, w, sj, tj);
-  store_planes<P>(s, n, j, sj);
-  if (Ntk) store_planes<P>(t, n, j, tj);
+  store_planes<P>(s, ss, j, sj);
+  if (Ntk) store_planes<P>(t, ts, j, tj);
 }
 
 template <bool Ntk, int P>
 void dense_row_planes(const DenseOp& op_ref, const DenseParams<Dual<P>> w, int n, double* FASTNTK_RESTRICT s,
-                      double* FASTNTK_RESTRICT t) {
+                      std::int64_t ss, double* FASTNTK_RESTRICT t, std::int64_t ts) {
   const DenseOp op = op_ref;
 #pragma omp simd
-  for (int j = 0; j < n; ++j) dense_pair_planes<Ntk, P>(op, w, n, s, t, j);
+  for (int j = 0; j < n; ++j) dense_pair_planes<Ntk, P>(op, w, s, ss, t, ts, j);
 }
 
 template <bool Ntk, int P, class AfterOp>
@@ -186,28 +188,33 @@ struct PlaneRowVisitor {
   const PlanePointTables<P>& ty;
   std::int64_t j0;
   int n;
-  double* s;  // [1 + P, n]
-  double* t;  // [1 + P, n]
+  double* s;  // 1 + P planes of n, ss apart
+  std::int64_t ss;
+  double* t;  // likewise, ts apart
+  std::int64_t ts;
   AfterOp& after;
 
   void dense(const DenseOp& op, int k) {
-    dense_row_planes<Ntk, P>(op, dense_params<P>(op, seeds + 3 * P * k), n, s, t);
+    dense_row_planes<Ntk, P>(op, dense_params<P>(op, seeds + 3 * P * k), n, s, ss, t, ts);
   }
   template <class Map>
   bool activation(const Op& op, int, int a) {
-    activation_row_planes<Map, Ntk, P>(op, coef, tx.at(a, i), ty, a, j0, n, s, t);
+    activation_row_planes<Map, Ntk, P>(op, coef, tx.at(a, i), ty, a, j0, n, s, ss, t, ts);
     return true;
   }
   void after_op(int k) { after(k); }
 };
 
-// row_walk for Dual<P> by plane: s ([1 + P, n]) holds x.y/d (plane 0) and zero tangents
-// on entry, the NNGP and its derivatives at the end, t ([1 + P, n]) the NTK's.
+// row_walk for Dual<P> by plane: s (1 + P planes of n, ss apart) holds x.y/d (plane 0)
+// and zero tangents on entry, the NNGP and its derivatives at the end; t (ts apart) the
+// NTK's. The planes are a scratch row (stride n) or the output's own planes.
 template <bool Ntk, int P, class AfterOp>
 void row_walk_planes(const ProgramView& prog, const double* seeds, const PlanePointTables<P>& tx, std::int64_t i,
-                     const PlanePointTables<P>& ty, std::int64_t j0, int n, double* s, double* t, AfterOp&& after_op) {
-  if (Ntk) std::fill(t, t + (1 + P) * std::int64_t(n), 0.0);
-  PlaneRowVisitor<Ntk, P, AfterOp> v{prog.coef, seeds, tx, i, ty, j0, n, s, t, after_op};
+                     const PlanePointTables<P>& ty, std::int64_t j0, int n, double* s, std::int64_t ss, double* t,
+                     std::int64_t ts, AfterOp&& after_op) {
+  if (Ntk)
+    for (int p = 0; p <= P; ++p) std::fill(t + p * ts, t + p * ts + n, 0.0);
+  PlaneRowVisitor<Ntk, P, AfterOp> v{prog.coef, seeds, tx, i, ty, j0, n, s, ss, t, ts, after_op};
   walk(prog, v);
 }
 
