@@ -72,7 +72,7 @@ def loo_residuals(k: np.ndarray, y: np.ndarray, ridge: float):
     inv_l, info = scipy.linalg.lapack.dtrtri(c, lower=1)
     if info != 0:  # pragma: no cover - trtri fails only on a zero pivot, which potrf rejected
         return None
-    inv_l = np.tril(inv_l)  # the upper triangle holds what cho_factor left there
+    inv_l = np.tril(inv_l)  # only the triangle of the factor
     return alpha / np.einsum("ij,ij->j", inv_l, inv_l)[:, None]
 
 
