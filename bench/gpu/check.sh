@@ -35,7 +35,7 @@ export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 python3 -c "import fastntk, json; print(json.dumps(fastntk.build_info(), indent=1))"
 
 # The CuPy paths first (fastntk.predict on CuPy arrays), verbosely, so that a failure
-# elsewhere cannot hide them; then the whole suite (tests marked requires_cuda run here).
+# elsewhere cannot hide them; then the whole suite (the CuPy tests run here instead of skipping).
 cd /tmp
 python3 -c "import cupy; print('cupy', cupy.__version__, cupy.cuda.runtime.getDeviceCount(), 'device(s)')" || true
 python3 -m pytest "$OLDPWD/tests" -q -rs -p no:cacheprovider --rootdir "$OLDPWD" -k "cupy or cuda" 2>&1 | tail -15 || true

@@ -270,15 +270,15 @@ struct GaussianMap {
   template <bool Ntk, class T>
   FASTNTK_HD FASTNTK_ALWAYS_INLINE static void pair(const Op& op, const double*, const StatsT<T>& x, const StatsT<T>& y,
                                                     T& s, T& t) {
-    const T inv = 1.0 / detail::sqrt(x.a * y.a - op.gaussian.b2x4 * s * s);
-    if (Ntk) t *= op.gaussian.a2 * op.gaussian.b2x4 * s * inv * inv * inv;
+    const T inv = 1.0 / detail::sqrt(x.a * y.a - op.gaussian.four_b2 * s * s);
+    if (Ntk) t *= op.gaussian.a2 * op.gaussian.four_b2 * s * inv * inv * inv;
     s = op.gaussian.a2 * inv;
   }
   template <class T>
   FASTNTK_HD static void diag(const Op& op, const double*, const T& q, T& f, T& dot) {
     const T inv = 1.0 / detail::sqrt(1.0 - 4.0 * op.gaussian.b * q);
     f = op.gaussian.a2 * inv;
-    dot = op.gaussian.a2 * op.gaussian.b2x4 * q * inv * inv * inv;
+    dot = op.gaussian.a2 * op.gaussian.four_b2 * q * inv * inv * inv;
   }
 };
 

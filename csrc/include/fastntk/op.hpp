@@ -82,9 +82,9 @@ struct ExpOp {
 
 // a exp(b x^2).
 struct GaussianOp {
-  double a2;    // a^2
-  double b;     // b (its sign matters)
-  double b2x4;  // 4 b^2
+  double a2;       // a^2
+  double b;        // b (its sign matters)
+  double four_b2;  // 4 b^2
 };
 
 // x^n (Monomial) and (x >= 0) x^n (RectifiedMonomial), phi_n for short.

@@ -170,7 +170,7 @@ class Program {
     Op op = activation(OpKind::Gaussian, "Gaussian");
     op.gaussian.a2 = a * a;
     op.gaussian.b = b;
-    op.gaussian.b2x4 = 4.0 * b * b;
+    op.gaussian.four_b2 = 4.0 * b * b;
     return push(op);
   }
 
