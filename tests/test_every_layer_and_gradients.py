@@ -120,8 +120,9 @@ def test_gradients_match_finite_differences(act, parameterization, rng):
                     analytic, fd, rtol=0, atol=FD_TOL * scale, err_msg=f"{name} d/d{'Wb'[p]}"
                 )
         # The values are the plain kernels: the same formulas, but the derivative path's
-        # transcendentals go through scalar libm rather than libmvec (each <= 4 ulp), so
-        # they agree to a few ulps of the kernel's scale per layer.
+        # transcendentals are evaluated in other loops (other libmvec widths, scalar libm in
+        # loop remainders; each <= 4 ulp), so they agree to a few ulps of the kernel's scale
+        # per layer.
         plain = net.kernel(x1, x2_)
         for name, ref in (("nngp", plain.nngp), ("ntk", plain.ntk)):
             np.testing.assert_allclose(out[name][0, 0], ref, rtol=0, atol=1e-13 * np.max(np.abs(ref)))

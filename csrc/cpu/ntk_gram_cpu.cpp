@@ -62,6 +62,10 @@ struct Job {
   const double* x2;
   Index n1, n2, d;
   PointTablesT<T> t1, t2;
+  // For T = Dual<P>: t1 and t2 by plane ([n_activations, 4, 1 + P, n], PlanePointTables),
+  // what the derivative walk reads.
+  const double* planes1 = nullptr;
+  const double* planes2 = nullptr;
   double* nngp;  // [C, 1 + P, n1, n2] or null
   double* ntk;   // likewise
   bool symmetric;
@@ -115,23 +119,16 @@ Points<T> point_pass(const Job<T>& job, const double* x, Index n, int threads, c
   return pts;
 }
 
-// Writes values (plane 0) and derivatives (planes 1..P) of a row segment.
+// Writes values (plane 0) and derivatives (planes 1..P) of a row segment, whose planes
+// lie n apart in v (by plane, as the derivative walk keeps its rows).
 template <class T>
-void store_row(const Job<T>& job, double* base, int c, Index i, Index j0, int n, const T* v) {
-  if constexpr (std::is_same_v<T, double>) {
-    std::copy(v, v + n, job.plane(base, c, 0) + i * job.n2 + j0);
-  } else {
-    double* out = job.plane(base, c, 0) + i * job.n2 + j0;
-    const Index stride = job.n1 * job.n2;
-    for (int j = 0; j < n; ++j) {
-      out[j] = v[j].v;
-      for (int p = 0; p < DualSize<T>::value; ++p) out[(p + 1) * stride + j] = v[j].d[p];
-    }
-  }
+void store_row(const Job<T>& job, double* base, int c, Index i, Index j0, int n, const double* v) {
+  for (int p = 0; p < Job<T>::kPlanes; ++p)
+    std::copy(v + Index(p) * n, v + Index(p + 1) * n, job.plane(base, c, p) + i * job.n2 + j0);
 }
 
 template <bool Ntk, class T>
-void store_captured(const Job<T>& job, int c, Index i, Index j0, int n, const T* s, const T* t) {
+void store_captured(const Job<T>& job, int c, Index i, Index j0, int n, const double* s, const double* t) {
   if (job.nngp) store_row(job, job.nngp, c, i, j0, n, s);
   if (Ntk && job.ntk) store_row(job, job.ntk, c, i, j0, n, t);
 }
@@ -156,12 +153,12 @@ inline bool all_finite(const double* FASTNTK_RESTRICT v, int n) {
 }
 
 // Per thread: the tile's input covariances when they cannot be walked in place (see
-// Job::in_place), [rows, cols]; rows of T for the walk: s (a copy of a row when it is not
-// walked where it lies) and t (the NTK row when it is not written straight out).
+// Job::in_place), [rows, cols]; rows for the walk, of Job<T>::kPlanes planes of cols
+// (one for T = double): s (a copy of a row when it is not walked where it lies) and t
+// (the NTK row when it is not written straight out).
 template <class T>
 struct Scratch {
-  std::unique_ptr<double[]> c;
-  std::unique_ptr<T[]> s, t;
+  std::unique_ptr<double[]> c, s, t;
 };
 
 // The tile's input covariances x.y / d into c (leading dimension ldc): dsyrk for the
@@ -254,6 +251,80 @@ void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch, StopChec
   }
 }
 
+// run_row and run_tile for T = Dual<P>: the walk by plane (row_walk_planes), s and t
+// holding 1 + P planes of n.
+template <bool Ntk, int P>
+void run_row_planes(const Job<Dual<P>>& job, const PlanePointTables<P>& t1, const PlanePointTables<P>& t2, Index i,
+                    Index j0, int n, double* s, double* t) {
+  row_walk_planes<Ntk, P>(job.prog, job.seeds, t1, i, t2, j0, n, s, n, t, n, [&](int k) {
+    if (job.capture[k] >= 0) store_captured<Ntk>(job, job.capture[k], i, j0, n, s, t);
+  });
+  if (job.capture_end >= 0) store_captured<Ntk>(job, job.capture_end, i, j0, n, s, t);
+}
+
+template <bool Ntk, int P>
+void run_tile_planes(const Job<Dual<P>>& job, const Tile& tile, Scratch<Dual<P>>& scratch, StopCheck& check) {
+  const PlanePointTables<P> t1{job.planes1, job.n1}, t2{job.planes2, job.symmetric ? job.n1 : job.n2};
+  double* c = scratch.c.get();
+  const int ldc = tile.cols;
+  tile_covariances(job, tile, c, ldc);
+  // The final kernels alone (no captures): each requested kernel is walked in its output
+  // planes themselves (n1 * n2 apart), so that nothing is copied out afterwards.
+  const bool direct = job.capture_end >= 0 && job.n_captures == 1;
+  const Index out_stride = job.n1 * job.n2;
+  for (int r = 0; r < tile.rows; ++r) {
+    if (check.stopped()) return;  // as in run_tile
+    const int jb = tile.diagonal ? r : 0;
+    const int len = tile.cols - jb;
+    const Index i = tile.i0 + r, j0 = tile.j0 + jb;
+    const double* row = c + Index(r) * ldc + jb;
+    if (!direct) {
+      double* s = scratch.s.get();
+      std::copy(row, row + len, s);
+      std::fill(s + len, s + (1 + P) * Index(len), 0.0);  // the inputs do not depend on the parameters
+      run_row_planes<Ntk, P>(job, t1, t2, i, j0, len, s, scratch.t.get());
+      continue;
+    }
+    double* s = scratch.s.get();
+    Index ss = len;
+    if (job.nngp) {
+      s = job.plane(job.nngp, 0, 0) + i * job.n2 + j0;
+      ss = out_stride;
+    }
+    std::copy(row, row + len, s);
+    for (int p = 1; p <= P; ++p) std::fill(s + p * ss, s + p * ss + len, 0.0);
+    double* t = scratch.t.get();
+    Index ts = len;
+    if (Ntk && job.ntk) {
+      t = job.plane(job.ntk, 0, 0) + i * job.n2 + j0;
+      ts = out_stride;
+    }
+    row_walk_planes<Ntk, P>(job.prog, job.seeds, t1, i, t2, j0, len, s, ss, t, ts, [](int) {});
+  }
+  if (job.symmetric) {
+    for (int cap = 0; cap < job.n_captures; ++cap)
+      for (int p = 0; p <= P; ++p) {
+        if (job.nngp) mirror_tile(job.plane(job.nngp, cap, p), job.n2, tile);
+        if (Ntk && job.ntk) mirror_tile(job.plane(job.ntk, cap, p), job.n2, tile);
+      }
+  }
+}
+
+// The derivative walk's tile functions, cloned for the instruction sets as the kernels'
+// are (see below).
+FASTNTK_CLONES void run_tile_dual1(bool ntk, const Job<Dual<1>>& job, const Tile& tile, Scratch<Dual<1>>& scratch,
+                                   StopCheck& check) {
+  ntk ? run_tile_planes<true, 1>(job, tile, scratch, check) : run_tile_planes<false, 1>(job, tile, scratch, check);
+}
+FASTNTK_CLONES void run_tile_dual2(bool ntk, const Job<Dual<2>>& job, const Tile& tile, Scratch<Dual<2>>& scratch,
+                                   StopCheck& check) {
+  ntk ? run_tile_planes<true, 2>(job, tile, scratch, check) : run_tile_planes<false, 2>(job, tile, scratch, check);
+}
+FASTNTK_CLONES void run_tile_dual3(bool ntk, const Job<Dual<3>>& job, const Tile& tile, Scratch<Dual<3>>& scratch,
+                                   StopCheck& check) {
+  ntk ? run_tile_planes<true, 3>(job, tile, scratch, check) : run_tile_planes<false, 3>(job, tile, scratch, check);
+}
+
 // A portable x86-64 build (no -march) would vectorize the recursion for SSE2 only, where
 // GCC does not even vectorize the arc-cosine loops. So the tile function of the kernels
 // (T = double) is cloned for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and the
@@ -274,11 +345,12 @@ void dispatch_tile(bool ntk, const Job<T>& job, const Tile& tile, Scratch<T>& sc
       run_tile_ntk(job, tile, scratch, check);
     else
       run_tile_nngp(job, tile, scratch, check);
+  } else if constexpr (std::is_same_v<T, Dual<1>>) {
+    run_tile_dual1(ntk, job, tile, scratch, check);
+  } else if constexpr (std::is_same_v<T, Dual<2>>) {
+    run_tile_dual2(ntk, job, tile, scratch, check);
   } else {
-    if (ntk)
-      run_tile<true>(job, tile, scratch, check);
-    else
-      run_tile<false>(job, tile, scratch, check);
+    run_tile_dual3(ntk, job, tile, scratch, check);
   }
 }
 
@@ -328,6 +400,18 @@ bool gram(const ProgramView& prog, const double* x1, Index n1, const double* x2,
   const Points<T> p2 = symmetric ? Points<T>{} : point_pass(job, x2, n2, threads, "x2");
   job.t1 = p1.view();
   job.t2 = symmetric ? p1.view() : p2.view();
+  std::vector<double> planes1, planes2;  // the tables by plane, for T = Dual<P>
+  if constexpr (Job<T>::kPlanes > 1) {
+    constexpr int P = Job<T>::kPlanes - 1;
+    planes1.resize(static_cast<std::size_t>(4 * prog.n_activations) * (1 + P) * n1);
+    split_planes<P>(job.t1, prog.n_activations, planes1.data());
+    job.planes1 = job.planes2 = planes1.data();
+    if (!symmetric) {
+      planes2.resize(static_cast<std::size_t>(4 * prog.n_activations) * (1 + P) * n2);
+      split_planes<P>(job.t2, prog.n_activations, planes2.data());
+      job.planes2 = planes2.data();
+    }
+  }
 
   // The plain kernels in double (one capture, at the end) are computed in the outputs
   // themselves: no tile buffer, no copy; the walk then writes nothing at the end.
@@ -345,8 +429,8 @@ bool gram(const ProgramView& prog, const double* x1, Index n1, const double* x2,
       [&] {
         Scratch<T> scratch;
         if (!job.in_place) scratch.c = std::make_unique<double[]>(static_cast<std::size_t>(shape.rows) * shape.cols);
-        scratch.s = std::make_unique<T[]>(shape.cols);
-        scratch.t = std::make_unique<T[]>(shape.cols);
+        scratch.s = std::make_unique<double[]>(static_cast<std::size_t>(Job<T>::kPlanes) * shape.cols);
+        scratch.t = std::make_unique<double[]>(static_cast<std::size_t>(Job<T>::kPlanes) * shape.cols);
         return scratch;
       },
       [&](Index k, Scratch<T>& scratch, StopCheck& check) {

@@ -232,9 +232,22 @@ void walk_agreement(const std::string& name, const Program& prog, int n, int d, 
       check_close(name + ": point walk stopped", 1.0, 0.0, 0.0, 0.0);
   const fastntk::PointTablesT<T> tables{table.data(), n};
   std::vector<T> s(n), t(n);
+  // For Dual<P>, also the walk by plane (what the Gram driver runs for derivatives), its
+  // s planes ss apart as in an output (ss > n), its t planes n apart as in a scratch row.
+  const std::int64_t ss = n + 3;
+  std::vector<double> planes(static_cast<std::size_t>(4 * view.n_activations) * (1 + P) * n);
+  std::vector<double> s_planes((1 + P) * ss), t_planes((1 + P) * n);
+  if constexpr (P > 0) fastntk::cpu::split_planes<P>(tables, view.n_activations, planes.data());
   for (int i = 0; i < n; ++i) {
     for (int j = 0; j < n; ++j) s[j] = T(s0[i * n + j]);
     fastntk::cpu::row_walk<true>(view, sp, tables, i, tables, 0, n, s.data(), t.data(), [](int) {});
+    if constexpr (P > 0) {
+      std::fill(s_planes.begin(), s_planes.end(), 0.0);
+      std::copy(s0.begin() + i * n, s0.begin() + (i + 1) * n, s_planes.begin());
+      const fastntk::cpu::PlanePointTables<P> by_plane{planes.data(), n};
+      fastntk::cpu::row_walk_planes<true, P>(view, sp, by_plane, i, by_plane, 0, n, s_planes.data(), ss,
+                                             t_planes.data(), n, [](int) {});
+    }
     for (int j = 0; j < n; ++j) {
       T ps = T(s0[i * n + j]), pt;
       fastntk::pair_walk<true>(view, sp, tables, i, tables, j, ps, pt);
@@ -246,6 +259,16 @@ void walk_agreement(const std::string& name, const Program& prog, int n, int d, 
         check_close("row vs pair dNNGP " + at, fastntk::tangent(s[j], k), fastntk::tangent(ps, k), 0.0,
                     1e-11 * scale_s);
         check_close("row vs pair dNTK " + at, fastntk::tangent(t[j], k), fastntk::tangent(pt, k), 0.0, 1e-11 * scale_t);
+      }
+      if constexpr (P > 0) {
+        check_close("planes vs pair NNGP " + at, s_planes[j], val(ps), 0.0, 1e-12 * scale_s);
+        check_close("planes vs pair NTK " + at, t_planes[j], val(pt), 0.0, 1e-12 * scale_t);
+        for (int k = 0; k < P; ++k) {
+          check_close("planes vs pair dNNGP " + at, s_planes[(k + 1) * ss + j], fastntk::tangent(ps, k), 0.0,
+                      1e-11 * scale_s);
+          check_close("planes vs pair dNTK " + at, t_planes[(k + 1) * n + j], fastntk::tangent(pt, k), 0.0,
+                      1e-11 * scale_t);
+        }
       }
       if (i == j) {  // the exact diagonal vs the pair walk at s = q (correlation exactly 1)
         check_close("diag vs pair NNGP " + at, val(qd[i]), val(ps), 1e-7, 1e-12);
