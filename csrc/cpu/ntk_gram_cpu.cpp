@@ -184,8 +184,9 @@ constexpr int kMirrorRows = 8;
 // every layer runs over them, however wide the tile is.
 constexpr int kWalkCols = 1024;
 
-template <bool Ntk, class T>
-void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch, StopCheck& check) {
+// The float64 kernels' tile (the dual-number path has its own, run_tile_planes).
+template <bool Ntk>
+void run_tile(const Job<double>& job, const Tile& tile, Scratch<double>& scratch, StopCheck& check) {
   // In place, the covariances go straight into an output (the NNGP's if requested, else
   // the NTK's) and each row is walked where it lies; otherwise into the scratch tile.
   double* c = scratch.c.get();
@@ -203,51 +204,41 @@ void run_tile(const Job<T>& job, const Tile& tile, Scratch<T>& scratch, StopChec
     const int len = tile.cols - jb;
     const Index i = tile.i0 + r, j0 = tile.j0 + jb;
     double* row = c + r * ldc + jb;
-    if constexpr (std::is_same_v<T, double>) {
-      if (job.in_place) {
-        bool finite = true;
-        // The row is walked in segments of kWalkCols pairs, each in L1 for all layers.
-        for (int a = 0; a < len; a += kWalkCols) {
-          const int m = std::min(kWalkCols, len - a);
-          double* seg = row + a;
-          if (job.nngp) {
-            double* t = job.ntk ? job.ntk + i * job.n2 + j0 + a : scratch.t.get();
-            run_row<Ntk>(job, i, j0 + a, m, seg, t);
-            finite = finite && all_finite(seg, m) && (!Ntk || !job.ntk || all_finite(t, m));
-          } else {  // the NTK alone: row is its output, the NNGP walks in a copy
-            std::copy(seg, seg + m, scratch.s.get());
-            run_row<Ntk>(job, i, j0 + a, m, scratch.s.get(), seg);
-            finite = finite && all_finite(seg, m);
-          }
+    if (job.in_place) {
+      bool finite = true;
+      // The row is walked in segments of kWalkCols pairs, each in L1 for all layers.
+      for (int a = 0; a < len; a += kWalkCols) {
+        const int m = std::min(kWalkCols, len - a);
+        double* seg = row + a;
+        if (job.nngp) {
+          double* t = job.ntk ? job.ntk + i * job.n2 + j0 + a : scratch.t.get();
+          run_row<Ntk>(job, i, j0 + a, m, seg, t);
+          finite = finite && all_finite(seg, m) && (!Ntk || !job.ntk || all_finite(t, m));
+        } else {  // the NTK alone: row is its output, the NNGP walks in a copy
+          std::copy(seg, seg + m, scratch.s.get());
+          run_row<Ntk>(job, i, j0 + a, m, scratch.s.get(), seg);
+          finite = finite && all_finite(seg, m);
         }
-        if (!finite) job.not_finite->store(true, std::memory_order_relaxed);
-        // A symmetric Gram mirrors each band of kMirrorRows rows as soon as it is done,
-        // while its rows (both outputs) are still in L2, rather than the whole tile after.
-        if (job.symmetric && ((r + 1) % kMirrorRows == 0 || r + 1 == tile.rows)) {
-          const int rb = r - r % kMirrorRows, jb0 = tile.diagonal ? rb : 0;
-          const Tile band{tile.i0 + rb, tile.j0 + jb0, r + 1 - rb, tile.cols - jb0, tile.diagonal};
-          if (job.nngp) mirror_tile(job.nngp, job.n2, band);
-          if (Ntk && job.ntk) mirror_tile(job.ntk, job.n2, band);
-        }
-        continue;
       }
+      if (!finite) job.not_finite->store(true, std::memory_order_relaxed);
+      // A symmetric Gram mirrors each band of kMirrorRows rows as soon as it is done,
+      // while its rows (both outputs) are still in L2, rather than the whole tile after.
+      if (job.symmetric && ((r + 1) % kMirrorRows == 0 || r + 1 == tile.rows)) {
+        const int rb = r - r % kMirrorRows, jb0 = tile.diagonal ? rb : 0;
+        const Tile band{tile.i0 + rb, tile.j0 + jb0, r + 1 - rb, tile.cols - jb0, tile.diagonal};
+        if (job.nngp) mirror_tile(job.nngp, job.n2, band);
+        if (Ntk && job.ntk) mirror_tile(job.ntk, job.n2, band);
+      }
+      continue;
     }
-    T* s;
-    if constexpr (std::is_same_v<T, double>) {
-      s = row;  // in place in the scratch tile
-    } else {
-      s = scratch.s.get();
-      std::copy(row, row + len, s);  // zero tangents: the inputs do not depend on the parameters
-    }
-    run_row<Ntk>(job, i, j0, len, s, scratch.t.get());
+    run_row<Ntk>(job, i, j0, len, row, scratch.t.get());  // in place in the scratch tile
   }
   // A symmetric Gram's tile is mirrored here, unless it was in place (by bands, above).
-  if (job.symmetric && !(std::is_same_v<T, double> && job.in_place)) {
-    for (int cap = 0; cap < job.n_captures; ++cap)
-      for (int p = 0; p < Job<T>::kPlanes; ++p) {
-        if (job.nngp) mirror_tile(job.plane(job.nngp, cap, p), job.n2, tile);
-        if (Ntk && job.ntk) mirror_tile(job.plane(job.ntk, cap, p), job.n2, tile);
-      }
+  if (job.symmetric && !job.in_place) {
+    for (int cap = 0; cap < job.n_captures; ++cap) {
+      if (job.nngp) mirror_tile(job.plane(job.nngp, cap, 0), job.n2, tile);
+      if (Ntk && job.ntk) mirror_tile(job.plane(job.ntk, cap, 0), job.n2, tile);
+    }
   }
 }
 

@@ -620,9 +620,10 @@ class NeuralTangentKernel(Kernel):
         # beta enters the NTK only, through the constant beta^2 each Dense layer adds, and
         # linearly (K_h = K_{h-1} S'_h + S_h + beta^2, with S and S' free of beta): the raw
         # kernel is exactly affine in beta^2, K(beta) = A + beta^2 B. So B = dK/d(beta^2) is
-        # (K(beta') - K(beta)) / c with beta'^2 = beta^2 + c, from a second plain pass: two
-        # vectorized passes cost about half of one pass of the forward-mode derivative path
-        # (seeds), which runs the transcendental functions one pair at a time.
+        # (K(beta') - K(beta)) / c with beta'^2 = beta^2 + c, from a second plain pass. Two
+        # plain passes cost about half of one pass of the forward-mode derivative path (seeds)
+        # when it ran its transcendentals one pair at a time; it is vectorized now (two
+        # directions ~3x a plain pass), so which is cheaper for one direction is unmeasured.
         # Round-off: B >= 1 entrywise (its last-layer term is 1; the others are >= 0), and
         # |A| <= max_i A_ii = (depth + 1) max |x_i|^2 (ReLU with weight variance 2 keeps
         # each point's variance, so A_ii adds |x_i|^2 per layer). With c >= that and
