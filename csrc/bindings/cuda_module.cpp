@@ -170,10 +170,9 @@ PYBIND11_MODULE(_cuda, m) {
       "gram_tile",
       [](std::uintptr_t ops, int n_ops, int n_activations, std::uintptr_t coef, std::uintptr_t seeds, int n_directions,
          bool float32, std::uintptr_t s, std::int64_t ld_s, double scale, std::uintptr_t table1, std::int64_t n1,
-         std::uintptr_t table2, std::int64_t n2, std::int64_t i0, std::int64_t j0, std::int64_t rows,
-         std::int64_t cols, bool upper, std::uintptr_t nngp, std::uintptr_t ntk, std::int64_t ld_out,
-         std::int64_t plane_stride, std::uintptr_t capture, int capture_end, std::uintptr_t not_finite,
-         std::uintptr_t stream, int device) {
+         std::uintptr_t table2, std::int64_t n2, std::int64_t i0, std::int64_t j0, std::int64_t rows, std::int64_t cols,
+         bool upper, std::uintptr_t nngp, std::uintptr_t ntk, std::int64_t ld_out, std::int64_t plane_stride,
+         std::uintptr_t capture, int capture_end, std::uintptr_t not_finite, std::uintptr_t stream, int device) {
         check_directions(n_directions);
         if (n_directions > 0 && seeds == 0) throw std::invalid_argument("gram_tile: seeds needed for derivatives");
         if (rows < 0 || cols < 0 || i0 < 0 || j0 < 0 || i0 + rows > n1 || j0 + cols > n2)
@@ -211,8 +210,8 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("ops"), py::arg("n_ops"), py::arg("n_activations"), py::arg("coef"), py::arg("seeds"),
       py::arg("n_directions"), py::arg("float32"), py::arg("s"), py::arg("ld_s"), py::arg("scale"), py::arg("table1"),
       py::arg("n1"), py::arg("table2"), py::arg("n2"), py::arg("i0"), py::arg("j0"), py::arg("rows"), py::arg("cols"),
-      py::arg("upper"), py::arg("nngp"), py::arg("ntk"), py::arg("ld_out"), py::arg("plane_stride"),
-      py::arg("capture"), py::arg("capture_end"), py::arg("not_finite"), py::arg("stream"), py::arg("device"),
+      py::arg("upper"), py::arg("nngp"), py::arg("ntk"), py::arg("ld_out"), py::arg("plane_stride"), py::arg("capture"),
+      py::arg("capture_end"), py::arg("not_finite"), py::arg("stream"), py::arg("device"),
       "One tile of the Gram: the layer walk per entry over the inner products in s (see ntk_gram_cuda.hpp).");
 
   m.def(

@@ -104,10 +104,8 @@ __global__ void gram_kernel(ProgramView prog, const double* seeds, const S* s_ti
   const long long i = i0 + r, j = j0 + c;
   if (upper && j <= i) return;
   out.at = r * ld_out + c;
-  CaptureVisitor<Ntk, T, S> v{{prog.coef, seeds, &t1, i, &t2, j, T(scale * static_cast<double>(s_tile[r * ld_s + c])),
-                               T(0.0)},
-                              capture,
-                              &out};
+  CaptureVisitor<Ntk, T, S> v{
+      {prog.coef, seeds, &t1, i, &t2, j, T(scale * static_cast<double>(s_tile[r * ld_s + c])), T(0.0)}, capture, &out};
   walk(prog, v);
   if (capture_end >= 0) out.store(capture_end, v.s, v.t);
 }
@@ -122,9 +120,9 @@ void launch_gram(const GramTile& a, cudaStream_t stream) {
   const PointTablesT<T> t2{static_cast<const T*>(a.table2), a.n2};
   const Outputs<S> out{static_cast<S*>(a.nngp), static_cast<S*>(a.ntk), 0, a.plane_stride, a.not_finite};
   const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(a.rows));
-  gram_kernel<Ntk, T, S><<<grid, block, 0, stream>>>(a.prog, a.seeds, static_cast<const S*>(a.s), a.ld_s, a.scale,
-                                                      t1, t2, a.i0, a.j0, a.cols, a.upper, out, a.ld_out,
-                                                      a.capture, a.capture_end);
+  gram_kernel<Ntk, T, S><<<grid, block, 0, stream>>>(a.prog, a.seeds, static_cast<const S*>(a.s), a.ld_s, a.scale, t1,
+                                                     t2, a.i0, a.j0, a.cols, a.upper, out, a.ld_out, a.capture,
+                                                     a.capture_end);
   FASTNTK_CUDA_CHECK_LAUNCH("gram_kernel launch");
 }
 
@@ -237,8 +235,8 @@ void row_norms_cuda(const void* x, Storage storage, std::int64_t n, std::int64_t
     row_norms_kernel<double><<<static_cast<unsigned>(grid), block, 0, as_stream(stream)>>>(
         static_cast<const double*>(x), n, d, ld, scale, q0);
   else
-    row_norms_kernel<float><<<static_cast<unsigned>(grid), block, 0, as_stream(stream)>>>(
-        static_cast<const float*>(x), n, d, ld, scale, q0);
+    row_norms_kernel<float><<<static_cast<unsigned>(grid), block, 0, as_stream(stream)>>>(static_cast<const float*>(x),
+                                                                                          n, d, ld, scale, q0);
   FASTNTK_CUDA_CHECK_LAUNCH("row_norms_kernel launch");
 }
 

@@ -39,17 +39,17 @@ enum class Storage : int { Float64 = 0, Float32 = 1 };
 // kernels at each capture (q_cap, t_cap: [n_captures, n] of T). stopped[i] receives -1, or
 // the index of the op whose map is undefined for point i (see point_walk).
 struct PointPass {
-  ProgramView prog;      // ops and coef in device memory
-  const double* seeds;   // [n_ops, P, 3] device, or null when P == 0
-  int n_directions;      // P
-  const double* q0;      // [n]
+  ProgramView prog;     // ops and coef in device memory
+  const double* seeds;  // [n_ops, P, 3] device, or null when P == 0
+  int n_directions;     // P
+  const double* q0;     // [n]
   std::int64_t n;
-  void* table;           // [n_activations, 4, n] of T
-  const int* capture;    // [n_ops] capture index after each op or -1; null: none
-  int capture_end;       // capture index at the end of the program, or -1
-  void* q_cap;           // [n_captures, n] of T
-  void* t_cap;           // [n_captures, n] of T
-  int* stopped;          // [n]
+  void* table;         // [n_activations, 4, n] of T
+  const int* capture;  // [n_ops] capture index after each op or -1; null: none
+  int capture_end;     // capture index at the end of the program, or -1
+  void* q_cap;         // [n_captures, n] of T
+  void* t_cap;         // [n_captures, n] of T
+  int* stopped;        // [n]
 };
 void point_pass_cuda(const PointPass& a, std::uintptr_t stream);
 

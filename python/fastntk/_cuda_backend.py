@@ -88,10 +88,12 @@ def available() -> bool:
 
 
 def info() -> dict:
-    """What :func:`fastntk.build_info` reports about CUDA."""
+    """What :func:`fastntk.build_info` reports about CUDA: ``cuda`` (the backend is built and
+    a device is present: :func:`fastntk.has_cuda`), ``cuda_build`` (built with it), the
+    architectures compiled, the devices seen, and why none is usable."""
     mod = native()
     if mod is None:
-        return {"cuda": False, "cuda_devices": [], "cuda_note": _reason or REBUILD}
+        return {"cuda": False, "cuda_build": False, "cuda_devices": [], "cuda_note": _reason or REBUILD}
     facts = dict(mod.build_info())
     n, why = device_count()
     devices = []
@@ -105,7 +107,8 @@ def info() -> dict:
         except RuntimeError as exc:  # a device that cannot be queried is reported, not fatal
             devices.append(f"{k}: ({exc})")
     out = {
-        "cuda": bool(facts["cuda"]),
+        "cuda": bool(facts["cuda"]) and n > 0,
+        "cuda_build": bool(facts["cuda"]),
         "cuda_architectures": facts["cuda_architectures"],
         "cuda_compiler": facts["cuda_compiler"],
         "cuda_devices": devices,
@@ -122,7 +125,9 @@ def cupy():
 
         return cupy
     except ImportError as exc:
-        raise ImportError(f"fastntk's CUDA backend needs CuPy, which is not installed: {INSTALL_CUPY}") from exc
+        raise ImportError(
+            f"fastntk's CUDA backend needs CuPy, which is not installed: {INSTALL_CUPY}"
+        ) from exc
 
 
 def is_device_array(x) -> bool:
@@ -152,15 +157,16 @@ def device_input(x, name: str, cp):
     """A checked device copy-or-view of x: CuPy, C-contiguous, 2-D (N, d), d >= 1, real,
     finite; float32 stays float32, every other dtype becomes float64."""
     if not _arrays.is_cupy(x):
-        x = cp.asarray(x)  # __cuda_array_interface__ objects: a view; NumPy: a copy to the device
-    a = real_array(x, name, cp)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array of shape (N, d), got shape {a.shape}")
-    if a.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one feature (d >= 1), got shape {a.shape}")
-    dtype = cp.float32 if a.dtype == cp.float32 else cp.float64
-    a = cp.ascontiguousarray(a, dtype=dtype)
-    check_finite(a, name, cp)
+        x = cp.asarray(x)  # __cuda_array_interface__ objects: a view on their device
+    with x.device:  # the checks and any conversion run on the array's own device
+        a = real_array(x, name, cp)
+        if a.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D array of shape (N, d), got shape {a.shape}")
+        if a.shape[1] == 0:
+            raise ValueError(f"{name} must have at least one feature (d >= 1), got shape {a.shape}")
+        dtype = cp.float32 if a.dtype == cp.float32 else cp.float64
+        a = cp.ascontiguousarray(a, dtype=dtype)
+        check_finite(a, name, cp)
     return a
 
 

@@ -41,8 +41,9 @@ MAX_DEGREE = int(_core.MAX_DEGREE)
 
 
 def build_info() -> dict:
-    """What the native modules were built with (a fresh dict); ``cuda`` is True when this
-    build has the CUDA backend, and ``cuda_devices`` names the GPUs it sees."""
+    """What the native modules were built with (a fresh dict); ``cuda_build`` is True when
+    this build has the CUDA backend, ``cuda`` when it also finds a device (as
+    :func:`has_cuda`), and ``cuda_devices`` names the GPUs it sees."""
     info = dict(_core.build_info())
     info.update(_gpu.info())
     return info
@@ -106,7 +107,9 @@ def as_input(x, name: str) -> np.ndarray:
     here; :func:`kernel_inputs` is where the analytic kernels take them."""
     if _gpu.is_device_array(x):
         if not _gpu.built():
-            raise TypeError(f"{name} is a CuPy (CUDA) array, but {_gpu.REBUILD}; or pass a NumPy array ({name}.get())")
+            raise TypeError(
+                f"{name} is a CuPy (CUDA) array, but {_gpu.REBUILD}; or pass a NumPy array ({name}.get())"
+            )
         raise TypeError(
             f"{name} is a CuPy (CUDA) array, but this function takes NumPy arrays only; pass {name}.get()"
         )
@@ -162,7 +165,8 @@ def kernel_inputs(x1, x2, device=None, names=("x1", "x2")):
             f"{names[0]} and {names[1]} must have the same number of features: {names[0]} has shape "
             f"{a1.shape}, {names[1]} has shape {a2.shape}"
         )
-    a1, a2 = _gpu.common_dtype(a1, a2, cp)
+    with a1.device:
+        a1, a2 = _gpu.common_dtype(a1, a2, cp)
     return a1, a2, not on_device[0]
 
 
@@ -264,7 +268,9 @@ def gram(prog, a1, a2, names, *, capture_after=(), seeds=None, layers=None, to_h
         else (max(len(capture_after), 1), 1 + (0 if seeds is None else seeds.shape[1]), n1, n2)
     )
     if on_gpu(a1):
-        outs, finite = _gpu.gram(prog, a1, a2, names, capture_after=capture_after, seeds=seeds, to_host=to_host)
+        outs, finite = _gpu.gram(
+            prog, a1, a2, names, capture_after=capture_after, seeds=seeds, to_host=to_host
+        )
         if not finite:
             h1, h2 = _host_float64(a1), None if a2 is None else _host_float64(a2)
             check_kernels(prog, h1, h2, {n: _host(o) for n, o in outs.items()}, layers)
@@ -344,7 +350,9 @@ def diagonal(prog, a, layers=None):
         if not finite:
             nngp_h, ntk_h = _host(nngp), _host(ntk)
             bad = np.flatnonzero(~(np.isfinite(nngp_h) & np.isfinite(ntk_h)))[0]
-            raise _non_finite_error(prog, _host_float64(a), None, int(bad), int(bad), layers, "kernel diagonal")
+            raise _non_finite_error(
+                prog, _host_float64(a), None, int(bad), int(bad), layers, "kernel diagonal"
+            )
         return nngp, ntk
     nngp, ntk = _core.ntk_diag(prog, a, n_threads=get_num_threads())
     if not (all_finite(nngp) and all_finite(ntk)):
