@@ -244,3 +244,23 @@ def test_errors_on_the_gpu(monkeypatch, rng):
     monkeypatch.setattr(gpu, "free_device_bytes", lambda cp_: 1000)
     with pytest.raises(MemoryError, match=r"needs 28800 bytes .* but only 1000 bytes .* free on CUDA device"):
         _net("relu").kernel(cp.asarray(rng.standard_normal((60, 3))))
+
+
+@pytest.mark.parametrize("trace_axes", [(-1,), ()])
+@pytest.mark.parametrize("act", ["relu", "erf", "gelu"])
+def test_empirical_kernels(trace_axes, act, rng):
+    net = nt.serial(
+        nt.Dense(64, W_std=1.3, b_std=0.2), ACTIVATION_SPECS[act][1](),
+        nt.Dense(32, W_std=1.1, b_std=None, parameterization="standard"), ACTIVATION_SPECS[act][1](),
+        nt.Dense(3, W_std=1.2, b_std=0.1),
+    )  # fmt: skip
+    params = net.init(1, 6)
+    x1, x2 = rng.standard_normal((20, 6)), rng.standard_normal((9, 6))
+    for b in (None, x2):
+        for fn in ("empirical_ntk", "empirical_nngp"):
+            want = getattr(net, fn)(params, x1, b, trace_axes=trace_axes)
+            got = getattr(net, fn)(
+                params, cp.asarray(x1), None if b is None else cp.asarray(b), trace_axes=trace_axes
+            )
+            assert isinstance(got, cp.ndarray) and got.shape == want.shape
+            assert_kernel_close(got.get(), want, F64, np.max(np.abs(want)) * 1e-12, fn)

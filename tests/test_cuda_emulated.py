@@ -87,6 +87,10 @@ def make_fake_cupy():
     cp.matmul = lambda a, b, out=None: np.matmul(a, b, out=out)
     cp.array_equal = np.array_equal
     cp.asnumpy = lambda a, stream=None: np.array(a).view(np.ndarray)
+    cp.einsum = lambda *a: _fake(np.einsum(*a))
+    cp.eye = lambda m: np.eye(m).view(FakeArray)
+    cp.exp = lambda a: _fake(np.exp(a))
+    cp.broadcast_to = lambda a, shape: _fake(np.broadcast_to(a, shape))
     pool = types.SimpleNamespace(free_bytes=lambda: 0, free_all_blocks=lambda: None)
     cp.get_default_memory_pool = lambda: pool
     stream = types.SimpleNamespace(ptr=0, synchronize=lambda: None)
@@ -418,3 +422,52 @@ def test_bad_device_inputs(emulated, rng):
     assert k.ntk.dtype == np.float64
     k = _net().kernel(cp.asarray(np.ones((5, 3), np.float32)), cp.asarray(np.ones((2, 3))))
     assert k.ntk.dtype == np.float64
+
+
+# ---------------------------------------------------------------------------------------
+# Empirical kernels of finite networks on device arrays (the CuPy array code, run on the
+# NumPy stand-in: the same calls CuPy receives on a GPU).
+
+
+@pytest.mark.parametrize("act", ["relu", "erf", "gelu", "sin"])
+@pytest.mark.parametrize("parameterization", ["ntk", "standard"])
+@pytest.mark.parametrize("trace_axes", [(-1,), ()])
+def test_empirical_kernels_on_device_arrays(emulated, act, parameterization, trace_axes, rng):
+    cp, _ = emulated
+    make = {
+        "relu": nt.Relu,
+        "erf": lambda: nt.Erf(0.7, 1.3, 0.2),
+        "gelu": nt.Gelu,
+        "sin": lambda: nt.Sin(1.1, 0.9, 0.3),
+    }
+    net = nt.serial(
+        nt.Dense(12, W_std=1.3, b_std=0.2, parameterization=parameterization), make[act](),
+        nt.Dense(9, W_std=1.1, b_std=None, parameterization=parameterization), make[act](),
+        nt.Dense(3, W_std=1.2, b_std=0.1, parameterization=parameterization),
+    )  # fmt: skip
+    params = net.init(3, 4)
+    x1, x2 = rng.standard_normal((7, 4)), rng.standard_normal((5, 4))
+    dev_params = [
+        () if not p else (cp.asarray(p[0]), None if p[1] is None else cp.asarray(p[1])) for p in params
+    ]
+    for b in (None, x2):
+        for fn in ("empirical_ntk", "empirical_nngp"):
+            want = getattr(net, fn)(params, x1, b, trace_axes=trace_axes)
+            got = getattr(net, fn)(
+                dev_params, cp.asarray(x1), None if b is None else cp.asarray(b), trace_axes=trace_axes
+            )
+            assert type(got) is FakeArray and got.shape == want.shape
+            assert_kernel_close(np.asarray(got), want, F64, np.max(np.abs(want)) * 1e-12, fn)
+
+
+def test_empirical_on_device_arrays_errors(emulated, rng):
+    cp, _ = emulated
+    net = nt.serial(nt.Dense(5), nt.Relu(), nt.Dense(1))
+    params = net.init(0, 3)
+    with pytest.raises(TypeError, match=r"x2 is a CuPy \(CUDA\) array but x1 is a NumPy array"):
+        net.empirical_ntk(params, rng.standard_normal((4, 3)), cp.asarray(rng.standard_normal((4, 3))))
+    with pytest.raises(ValueError, match="params are for input_dim=3"):
+        net.empirical_ntk(params, cp.asarray(rng.standard_normal((4, 2))))
+    deep = nt.serial(*[nt.Dense(8, W_std=1e30), nt.Relu()] * 12, nt.Dense(1))
+    with pytest.raises(FloatingPointError, match="overflows float64 at layer"):
+        deep.empirical_ntk(deep.init(0, 3), cp.asarray(rng.standard_normal((4, 3))))

@@ -440,6 +440,36 @@ def _non_finite_error(prog, a1, a2, i: int, j: int, layers, what: str) -> Floati
 # Finite networks
 
 
+def empirical_on_gpu(x1, x2) -> bool:
+    """True when the empirical kernels of (x1, x2) go to the GPU path (device arrays)."""
+    return _gpu.is_device_array(x1) or (x2 is not None and _gpu.is_device_array(x2))
+
+
+def empirical_gpu(net, params, x1, x2, names, trace_axes) -> dict:
+    """The empirical kernels on CuPy inputs (see :mod:`fastntk._cuda_empirical`): {name:
+    CuPy array} on x1's device, float64; the checks and errors of the CPU path."""
+    from . import _cuda_empirical  # noqa: PLC0415
+    from ._finite import non_finite_error  # noqa: PLC0415
+    from .empirical import parse_trace_axes  # noqa: PLC0415
+
+    trace = parse_trace_axes(trace_axes)
+    a1, a2, _ = kernel_inputs(x1, x2)
+    cp = _gpu.cupy()
+    with a1.device:
+        a1 = a1.astype(cp.float64, copy=False)
+        a2 = None if a2 is None else a2.astype(cp.float64, copy=False)
+    outs = _cuda_empirical.kernels(net, params, a1, a2, names, trace)
+    for name, out in outs.items():
+        if not all_finite(out, cp):
+            from ._finite import check_params  # noqa: PLC0415
+
+            host = check_params(net, [p if not p else tuple(_host(v) if v is not None else None for v in p)
+                                      for p in params])[0]  # fmt: skip
+            inputs = {"x1": _host_float64(a1), "x2": None if a2 is None else _host_float64(a2)}
+            raise non_finite_error(net, host, inputs, f"empirical {name.upper()}", squares=True)
+    return outs
+
+
 def empirical_gram(terms, n1: int, n2, m: int, out, **kwargs) -> None:
     """``_core.empirical_gram`` on fastntk's thread team (see :mod:`fastntk._finite`)."""
     _core.empirical_gram(terms, n1, n2, m, out, n_threads=get_num_threads(), **kwargs)

@@ -168,12 +168,17 @@ class Network:
             per-layer signals would take more than half of the free memory). The result
             does not depend on it beyond round-off.
 
+        CuPy inputs (x1, x2) run on the GPU, on x1's device and CuPy's current stream, and
+        give a CuPy float64 array (params may be NumPy or CuPy; batch_size is not used there).
+
         Returns
         -------
         numpy.ndarray, float64
             Shape (N1, N2) with ``trace_axes=(-1,)``; (N1, N2, n_out, n_out) with
             ``trace_axes=()``, entry [i, j, o, o'] = grad f_o(x1_i) . grad f_o'(x2_j).
         """
+        if _engine.empirical_on_gpu(x1, x2):  # CuPy in, CuPy out
+            return _engine.empirical_gpu(self, params, x1, x2, ("ntk",), trace_axes)["ntk"]
         return empirical.kernels(self, params, x1, x2, ("ntk",), trace_axes, batch_size)["ntk"]
 
     def empirical_nngp(self, params, x1, x2=None, trace_axes=(-1,), batch_size=None):
@@ -183,6 +188,8 @@ class Network:
         the mean over outputs, (N1, N2); with ``()`` the (N1, N2, n_out, n_out) array
         ``f_o(x1_i) f_o'(x2_j)``.
         """
+        if _engine.empirical_on_gpu(x1, x2):
+            return _engine.empirical_gpu(self, params, x1, x2, ("nngp",), trace_axes)["nngp"]
         return empirical.kernels(self, params, x1, x2, ("nngp",), trace_axes, batch_size)["nngp"]
 
 
