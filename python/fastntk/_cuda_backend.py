@@ -139,10 +139,10 @@ def require(what: str) -> None:
     """Raise unless the backend can run: TypeError for a build without CUDA, RuntimeError
     when no device is usable. ``what`` names the thing that asked (for the message)."""
     if not built():
-        raise TypeError(f"{what}: {REBUILD}")
+        raise TypeError(f"{what}, but {REBUILD}")
     n, why = device_count()
     if n == 0:
-        raise RuntimeError(f"{what}: fastntk's CUDA backend finds no usable CUDA device ({why})")
+        raise RuntimeError(f"{what}, but fastntk's CUDA backend finds no usable CUDA device ({why})")
 
 
 # ---------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def as_input(x, name: str) -> np.ndarray:
     if _gpu.is_device_array(x):
         if not _gpu.built():
             raise TypeError(
-                f"{name} is a CuPy (CUDA) array, but {_gpu.REBUILD}; or pass a NumPy array ({name}.get())"
+                f"{name} is a CuPy array, but {_gpu.REBUILD}; or pass a NumPy array ({name}.get())"
             )
         raise TypeError(
             f"{name} is a CuPy (CUDA) array, but this function takes NumPy arrays only; pass {name}.get()"
@@ -148,7 +148,7 @@ def kernel_inputs(x1, x2, device=None, names=("x1", "x2")):
             f"device='cpu' but {names[0]} is a CuPy (CUDA) array: pass NumPy arrays ({names[0]}.get()) to "
             "compute on the CPU, or leave device unset to compute on the array's GPU"
         )
-    what = f"{names[0]} is a CuPy (CUDA) array" if on_device[0] else "device='cuda'"
+    what = f"{names[0]} is a CuPy array" if on_device[0] else "device='cuda' was requested"
     _gpu.require(what)
     cp = _gpu.cupy()
     if on_device[0]:
