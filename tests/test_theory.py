@@ -288,3 +288,91 @@ def test_estimates_predict_the_digits_test_error(rng):
     # test error is the error over all of them, training images included.
     pred = theory.eigenlearning(k_all, y, ridges, n_train=n).test_mse
     _assert_within_spread(pred[None], whole, "eigenlearning")
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: a clear ValueError naming the argument, before any work
+
+
+@pytest.fixture
+def kernel_and_targets(rng):
+    x = rng.standard_normal((12, 3))
+    return _kernel(x), rng.standard_normal(12)
+
+
+@pytest.mark.parametrize(
+    "fn", [theory.leave_one_out, theory.gcv, theory.kare, theory.eigenlearning, theory.select_ridge]
+)
+def test_bad_ridges_targets_and_shapes(fn, kernel_and_targets):
+    k, y = kernel_and_targets
+    with pytest.raises(ValueError, match=r"ridges must be >= 0, got negative value\(s\) \[-0.1\]"):
+        fn(k, y, [1.0, -0.1])
+    with pytest.raises(ValueError, match="ridges must be finite"):
+        fn(k, y, [1.0, np.nan])
+    with pytest.raises(ValueError, match="ridges must not be empty"):
+        fn(k, y, [])
+    bad = y.copy()
+    bad[3], bad[7] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"y has 2 non-finite value\(s\)"):
+        fn(k, bad, [1.0])
+    with pytest.raises(ValueError, match=r"y must have shape \(12,\) or \(12, k\).*got shape \(11,\)"):
+        fn(k, y[:11], [1.0])
+    with pytest.raises(ValueError, match=r"K must be a square \(N, N\) matrix, got shape \(12, 11\)"):
+        fn(k[:, :11], y, [1.0])
+    asym = k.copy()
+    asym[0, 1] += 1e-3 * np.max(k)
+    with pytest.raises(ValueError, match=r"K must be symmetric: max \|K - K\^T\|"):
+        fn(asym, y, [1.0])
+    with pytest.raises(ValueError, match="K has non-finite entries"):
+        fn(np.where(np.eye(12) > 0, np.nan, k), y, [1.0])
+
+
+def test_kernel_that_is_not_psd_names_its_smallest_eigenvalue(kernel_and_targets):
+    k, y = kernel_and_targets
+    shifted = (
+        k - 2.0 * np.eye(12) * np.linalg.eigvalsh(k)[0] - 0.25 * np.eye(12)
+    )  # smallest eigenvalue -0.25 - λ_0
+    lowest = np.linalg.eigvalsh(shifted)[0]
+    assert lowest < 0
+    for fn in (theory.spectrum, lambda m: theory.gcv(m, y, 1.0), lambda m: theory.select_depth([m], y, 1.0)):
+        with pytest.raises(
+            ValueError, match=f"K is not positive semidefinite: its smallest eigenvalue is {lowest:.6g}"
+        ):
+            fn(shifted)
+
+
+def test_singular_kernel_without_ridge_is_inf_with_a_warning(rng):
+    x = rng.standard_normal((10, 3))
+    k = _kernel(np.concatenate([x, x[:2]]))  # duplicated points: singular
+    y = rng.standard_normal(12)
+    with pytest.warns(theory.SingularRidgeWarning, match=r"ridge\(s\) \[0.0\]"):
+        loo = theory.leave_one_out(k, y, [0.0, 1.0])
+    assert loo.mse[0] == np.inf and np.all(np.isinf(loo.residuals[0])) and np.isfinite(loo.mse[1])
+    for fn in (theory.gcv, theory.kare):
+        with pytest.warns(theory.SingularRidgeWarning):
+            out = fn(k, y, [0.0, 1.0])
+        assert out[0] == np.inf and np.isfinite(out[1])
+    with pytest.warns(theory.SingularRidgeWarning), pytest.raises(ValueError, match="use a ridge > 0"):
+        theory.select_ridge(k, y, [0.0])
+
+
+def test_other_bad_arguments(kernel_and_targets):
+    k, y = kernel_and_targets
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        theory.select_ridge(k, y, [1.0], criterion="aic")
+    with pytest.raises(ValueError, match=r"kernels\[1\] has shape \(11, 11\)"):
+        theory.select_depth({0: k, 1: k[:11, :11]}, y, [1.0])
+    with pytest.raises(
+        ValueError, match=r"kernels must be a mapping of \(N, N\) arrays or an \(L, N, N\) array"
+    ):
+        theory.select_depth(k, y, [1.0])
+    with pytest.raises(ValueError, match="every kernel in kernels is zero"):
+        theory.select_depth([np.zeros_like(k)], y, [1.0])
+    with pytest.raises(ValueError, match="n_train must be an integer >= 1"):
+        theory.eigenlearning(k, y, [1.0], n_train=0)
+    with pytest.raises(ValueError, match="noise must be a finite variance >= 0"):
+        theory.eigenlearning(k, y, [1.0], noise=-1.0)
+    with pytest.raises(ValueError, match="eigenvalues must be finite and >= 0"):
+        theory.eigenlearning_from_spectrum([1.0, -1.0], [1.0, 1.0], 5, 1.0)
+    with pytest.raises(ValueError, match=r"coefficients must have shape \(2,\)"):
+        theory.eigenlearning_from_spectrum([1.0, 0.5], [1.0], 5, 1.0)
