@@ -165,6 +165,11 @@ def test_select_depth_from_every_layer_kernels(rng):
     gcv = np.array([theory.gcv(layers[2 * depth], y, ridges) for depth in range(5)])
     np.testing.assert_array_equal(by_depth.scores, gcv)
     assert by_depth.depth == np.unravel_index(np.argmin(gcv), gcv.shape)[0]
+    # Relative ridges: each candidate at ridge * trace(K)/N of its own kernel.
+    rel = theory.select_depth(layers[1:], y, ridges, criterion="kare", relative=True)
+    kare = np.array([theory.kare(k, y, _relative(k, ridges)) for k in layers[1:]])
+    np.testing.assert_allclose(rel.scores, kare, rtol=1e-13)
+    assert rel.ridge in ridges
 
 
 # ---------------------------------------------------------------------------------------

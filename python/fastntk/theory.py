@@ -521,7 +521,7 @@ def eigenlearning(K, y, ridges, n_train=None, noise=0.0) -> Eigenlearning:
 
     Parameters
     ----------
-    K : array_like (M, N) or KernelSpectrum
+    K : array_like (M, M) or KernelSpectrum
         Kernel on the sample.
     y : array_like (M,) or (M, k)
         Targets at the sample (noiseless if known; noise in them counts as signal spread
@@ -587,7 +587,7 @@ def _best_ridge(r: np.ndarray, scores: np.ndarray) -> RidgeSelection:
     return RidgeSelection(float(r[idx]), idx, scores)
 
 
-def select_depth(kernels, y, ridges, criterion: str = "loo") -> DepthSelection:
+def select_depth(kernels, y, ridges, criterion: str = "loo", relative: bool = False) -> DepthSelection:
     """The depth (and ridge) with the smallest estimated test error, no validation split.
 
     Parameters
@@ -600,15 +600,18 @@ def select_depth(kernels, y, ridges, criterion: str = "loo") -> DepthSelection:
         skipped.
     y : array_like (N,) or (N, k)
     ridges : float or sequence of float >= 0
-        Absolute ridges δ, the same for every candidate. Kernels of different depths
-        have different scales; pass ``ridge * trace(K) / N`` per kernel through a
-        mapping of pre-scaled kernels if a relative ridge is wanted.
+        Absolute ridges δ, the same for every candidate; with ``relative=True``, ridges
+        relative to each candidate's own scale (δ = ridge * trace(K) / N per kernel, the
+        ``diag_reg`` convention of fastntk.predict), which compares depths whose kernels
+        have different scales on an equal footing.
     criterion : {'loo', 'gcv', 'kare'}
+    relative : bool, default False
 
     Returns
     -------
     DepthSelection
-        Ties go to the shallowest candidate, then the largest ridge.
+        Ties go to the shallowest candidate, then the largest ridge. ``ridge`` is as given
+        (relative with ``relative=True``).
     """
     criterion = _check_criterion(criterion)
     if isinstance(kernels, Mapping):
@@ -633,7 +636,10 @@ def select_depth(kernels, y, ridges, criterion: str = "loo") -> DepthSelection:
     if not checked:
         raise ValueError("every kernel in kernels is zero")
     keys = [key for key, _ in checked]
-    scores = np.stack([_scores(spectrum(k), y2, r, criterion) for _, k in checked])  # (D, R)
+    scale = [np.trace(k) / n if relative else 1.0 for _, k in checked]
+    scores = np.stack(
+        [_scores(spectrum(k), y2, r * c, criterion) for (_, k), c in zip(checked, scale)]
+    )  # (D, R)
     if not np.any(np.isfinite(scores)):
         raise ValueError("no candidate has a defined criterion at any ridge; use a ridge > 0")
     best = np.min(scores)
