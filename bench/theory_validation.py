@@ -17,7 +17,8 @@ and the measured error there vs the best of the grid; the depth (0 ... 5 hidden 
 ONE every-layer pass) and ridge that leave-one-out picks on digits vs the measured best.
 
 Writes the figure (default docs/figures/theory_validation.png) and, with --json, the
-numbers into bench/results/. About 1-2 minutes on 2 loaded cores (--quick: ~20 s).
+numbers into bench/results/. Last, a timing: leave-one-out at 50 ridges for N = 2000 from one
+eigh vs one Cholesky per ridge. About 1-2 minutes on 2 loaded cores (--quick: ~20 s).
 """
 
 from __future__ import annotations
@@ -147,6 +148,33 @@ def digits_depth(rng, n, max_depth=5):
     )
 
 
+def sweep_timing(rng, n, n_ridges=50, repeats=3):
+    """Leave-one-out at n_ridges ridges: one eigh + the closed form at every ridge, vs the
+    one-ridge closed form (a Cholesky and a triangular inverse) repeated per ridge.
+    Interleaved, best of `repeats` each (the machine is shared); the per-ridge path is
+    timed at one ridge and multiplied by n_ridges (its work does not depend on the ridge)."""
+    x = rng.standard_normal((n, 16))
+    k = _net().kernel(x, get="ntk")
+    y = rng.standard_normal((n, 10))
+    ridges = np.logspace(-4, 1, n_ridges) * np.trace(k) / n
+    sweep, one = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        theory.leave_one_out(k, y, ridges)
+        sweep.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        theory.loo_residuals_cholesky(k, y, ridges[n_ridges // 2])
+        one.append(time.perf_counter() - t0)
+    return dict(
+        n=n,
+        ridges=n_ridges,
+        outputs=10,
+        sweep_s=min(sweep),
+        per_ridge_s=min(one),
+        per_ridge_total_s=n_ridges * min(one),
+    )
+
+
 def selection_rows(task):
     """Per criterion: the measured error at the ridge it picks (mean over draws) vs the best."""
     rows = []
@@ -229,6 +257,7 @@ def main():
     digits = digits_task(rng, n, draws)
     digits["n"] = n
     depth = digits_depth(rng, n)
+    timing = sweep_timing(rng, 600 if args.quick else 2000)
     plot(teacher, digits, Path(args.figure))
 
     for name, task in [("teacher", teacher), ("digits", digits)]:
@@ -257,6 +286,11 @@ def main():
         f"{depth['best_depth']}, ridge {depth['best_ridge_rel']:.0e} -> {depth['best_measured']:.5f} "
         f"(selection {depth['seconds_select']:.1f} s)"
     )
+    print(
+        f"\nleave-one-out at {timing['ridges']} ridges, N = {timing['n']}, 10 outputs: one eigh + closed form "
+        f"{timing['sweep_s']:.2f} s; one Cholesky per ridge {timing['per_ridge_total_s']:.2f} s "
+        f"({timing['per_ridge_s']:.2f} s each); ratio {timing['per_ridge_total_s'] / timing['sweep_s']:.1f}x"
+    )
     total = time.perf_counter() - t0
     print(f"\nfigure: {args.figure}; total {total:.0f} s")
     if args.json:
@@ -274,6 +308,7 @@ def main():
             teacher=plain(teacher),
             digits=plain(digits),
             digits_depth={k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in depth.items()},
+            loo_sweep_timing=timing,
             seconds=total,
         )
         print("json:", write_json(args.json, payload))

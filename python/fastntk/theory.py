@@ -331,7 +331,12 @@ def gcv(K, y, ridges) -> np.ndarray:
 
     It estimates the test MSE against noisy targets; it is the rotation-invariant
     version of leave-one-out, and under the assumptions of :func:`kare` its error
-    relative to the true risk shrinks like O(1/sqrt(N)).
+    relative to the true risk shrinks like O(1/sqrt(N)). Near interpolation
+    (tr(H)/N -> 1) it divides by a small number and is least reliable: with a depth-2
+    ReLU NTK at N = 300 (bench/theory_validation.py, means of 10 draws) it was 17% high
+    on a teacher-network task and 25% low on scikit-learn's digits at ridge
+    1e-4 trace(K)/N, within 6% (teacher) and 3% (digits) from ridge 1 trace(K)/N up;
+    :func:`leave_one_out` was within 4% (teacher) and 1% (digits) at every ridge.
 
     Parameters
     ----------
@@ -517,7 +522,14 @@ def eigenlearning(K, y, ridges, n_train=None, noise=0.0) -> Eigenlearning:
     prediction is biased low at small ridges, and at δ = 0 it is infinite (κ = 0).
     Use a larger sample from the same distribution - unlabelled inputs suffice for the
     spectrum; the coefficients need the target at those points, or noiseless targets
-    of a known teacher - for an estimate of the learning curve at n << M.
+    of a known teacher - for an estimate of the learning curve at n << M. (Measured, a
+    depth-2 ReLU NTK on 300 digits: the training kernel alone predicts 0.00016 at ridge
+    1e-4 trace(K)/N where the held-out MSE is 0.0138; the spectrum of all 1797 digits
+    predicts 0.0108 against 0.0115 measured over those 1797, and is within 6% of it at
+    every ridge of bench/theory_validation.py; on the teacher task, from 3000 inputs,
+    within 6% of the held-out error.) When the sample is a finite data set, the
+    population of the prediction is that set: compare it with the error over the whole
+    set, training points included.
 
     Parameters
     ----------
@@ -655,8 +667,9 @@ def select_depth(kernels, y, ridges, criterion: str = "loo", relative: bool = Fa
 def loo_residuals_cholesky(k: np.ndarray, y: np.ndarray, ridge: float):
     """Leave-one-out residuals at ONE absolute ridge, or None when ``K + ridge I`` is not
     positive definite to working precision; the same closed form as
-    :func:`leave_one_out`, by a Cholesky factorization (about 5x cheaper than eigh) where a
-    single ridge is wanted. Unchecked: for internal callers with valid arrays.
+    :func:`leave_one_out`, by a Cholesky factorization where a single ridge is wanted
+    (potrf and trtri, N^3/3 flops each, against eigh's several N^3). Unchecked: for
+    internal callers with valid arrays.
 
     ``alpha_i / (A^-1)_ii`` with A = K + ridge I and alpha = A^-1 y; cost: one Cholesky,
     the inverse of its triangular factor, two triangular solves.
