@@ -77,7 +77,7 @@ from .layers import (  # noqa: E402
 from .network import Network, serial  # noqa: E402
 from .training import Linearized, TrainResult, linearize, train_mse  # noqa: E402
 
-from . import predict, training  # noqa: E402  (isort: skip)
+from . import predict, theory, training  # noqa: E402  (isort: skip)
 
 
 def build_info() -> dict:
@@ -126,6 +126,7 @@ __all__ = [
     "serial",
     "set_default_device",
     "set_num_threads",
+    "theory",
     "train_mse",
     "training",
     "__version__",
