@@ -7,12 +7,14 @@ The parameter layout and the Dense layer's formula are described in :mod:`fastnt
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 
 from . import _engine
 from ._args import all_finite, finite_array
+from ._arrays import is_cupy
 from .layers import Activation, Dense, Identity
 
 
@@ -42,9 +44,10 @@ def describe_sequence(obj) -> str:
     return repr(obj)
 
 
-def bias(b, where: str, out_dim: int) -> np.ndarray:
-    """A Dense layer's bias as float64 (out_dim,). Neural Tangents' init_fn returns biases
-    of shape (1, out_dim) (broadcast over the batch): those are taken as they are, flattened."""
+def bias(b, where: str, out_dim: int, xp=np):
+    """A Dense layer's bias as float64 (out_dim,) in the namespace ``xp`` (NumPy or CuPy).
+    Neural Tangents' init_fn returns biases of shape (1, out_dim) (broadcast over the
+    batch): those are taken as they are, flattened."""
     if np.shape(b) == (1, out_dim):
         b = np.reshape(b, (out_dim,))
     if np.shape(b) != (out_dim,):
@@ -52,11 +55,12 @@ def bias(b, where: str, out_dim: int) -> np.ndarray:
             f"{where}: b must have shape ({out_dim},), got {np.shape(b)} (Neural Tangents' (1, {out_dim}) "
             "is taken too)"
         )
-    return finite_array(b, f"{where}: b")
+    return finite_array(b, f"{where}: b", xp)
 
 
-def check_params(net, params) -> tuple[list, int | None]:
-    """The parameters as float64 arrays, checked against the architecture.
+def check_params(net, params, xp=np) -> tuple[list, int | None]:
+    """The parameters as float64 arrays of the namespace ``xp`` (NumPy, or CuPy: see
+    :func:`namespace`), checked against the architecture.
 
     Returns
     -------
@@ -87,7 +91,7 @@ def check_params(net, params) -> tuple[list, int | None]:
             width = input_dim = shape[0] if len(shape) == 2 and shape[0] >= 1 else -1
             if width < 1:
                 raise ValueError(f"{where}: W must have shape (input_dim, {layer.out_dim}), got {shape}")
-        W = finite_array(W, f"{where}: W", shape=(width, layer.out_dim))
+        W = finite_array(W, f"{where}: W", xp, shape=(width, layer.out_dim))
         if layer.b_std is None:
             if b is not None:
                 raise ValueError(
@@ -97,15 +101,23 @@ def check_params(net, params) -> tuple[list, int | None]:
         else:
             if b is None:
                 raise ValueError(f"{where}: b must have shape ({layer.out_dim},), got None")
-            b = bias(b, where, layer.out_dim)
+            b = bias(b, where, layer.out_dim, xp)
         checked.append((W, b))
         width = layer.out_dim
     return checked, input_dim
 
 
-def check_input(x, name: str, input_dim: int | None) -> np.ndarray:
-    """x as a checked float64 (N, input_dim) array (any width when input_dim is None)."""
-    a = _engine.as_input(x, name)
+def check_input(x, name: str, input_dim: int | None, xp=np):
+    """x as a checked float64 (N, input_dim) array of the namespace ``xp`` (any width when
+    input_dim is None). CuPy arrays stay on their device."""
+    if xp is np:
+        a = _engine.as_input(x, name)
+    else:
+        from . import _cuda_backend  # noqa: PLC0415
+
+        a = _cuda_backend.device_input(x, name, xp)
+        with a.device:
+            a = a.astype(xp.float64, copy=False)
     if input_dim is not None and a.shape[1] != input_dim:
         raise ValueError(
             f"{name} has {a.shape[1]} features (shape {a.shape}), but params are for input_dim={input_dim} "
@@ -123,9 +135,83 @@ def output_dim(params, input_dim: int) -> int:
     return width
 
 
+def tree_arrays(tree, name: str) -> dict:
+    """{'name[k]: W': W, 'name[k]: b': b}: the arrays of a parameter tree (params' layout),
+    named for error messages; entries that are not (W, b) pairs are skipped (checked later)."""
+    out = {}
+    if isinstance(tree, (list, tuple)):
+        for k, p in enumerate(tree):
+            if isinstance(p, (list, tuple)) and len(p) == 2:
+                out[f"{name}[{k}]: W"] = p[0]
+                if p[1] is not None:
+                    out[f"{name}[{k}]: b"] = p[1]
+    return out
+
+
+def namespace(arrays: dict):
+    """NumPy or CuPy for a finite network's computation on ``arrays`` ({argument name: array
+    or None}; parameters through :func:`tree_arrays`), chosen as :mod:`fastntk.predict`
+    chooses it (:func:`fastntk._predict_linalg.namespace`: CuPy when any is a CuPy array).
+
+    With CuPy every array must be a CuPy array, all on one device: TypeError naming the
+    argument that is not (mixed NumPy and CuPy), ValueError naming two arrays on different
+    devices, before any work.
+    """
+    from ._predict_linalg import namespace as pick  # noqa: PLC0415
+
+    named = [(n, a) for n, a in arrays.items() if a is not None]
+    xp = pick(*(a for _, a in named))
+    if xp is np:
+        return xp
+    device = [(n, a) for n, a in named if is_cupy(a)]
+    host = [n for n, a in named if not is_cupy(a)]
+    if host:
+        raise TypeError(
+            f"{host[0]} is not a CuPy array but {device[0][0]} is: pass the parameters and the arrays "
+            f"all on the GPU (cupy.asarray({host[0]})) or all on the host (.get() each CuPy array)"
+        )
+    first, a0 = device[0]
+    for n, a in device[1:]:
+        if int(a.device.id) != int(a0.device.id):
+            raise ValueError(
+                f"{n} is on CUDA device {int(a.device.id)} but {first} on device {int(a0.device.id)}: put the "
+                f"parameters and the inputs on one device (e.g. with cupy.cuda.Device({int(a0.device.id)}): "
+                "cupy.asarray(...))"
+            )
+    return xp
+
+
+def device_context(*arrays):
+    """The device of the first CuPy array among ``arrays`` (a context manager making it
+    current, so that CuPy works where the data lives), or a no-op context for NumPy."""
+    for a in arrays:
+        if a is not None and is_cupy(a):
+            return a.device
+    return contextlib.nullcontext()
+
+
+def matmul(a, b, alpha: float, trans_b: bool = False):
+    """alpha * a @ b (b.T if trans_b): on fastntk's BLAS for NumPy arrays
+    (:func:`fastntk._engine.matmul`), on cuBLAS through CuPy for CuPy arrays."""
+    if is_cupy(a):
+        out = a @ (b.T if trans_b else b)
+        out *= alpha
+        return out
+    return _engine.matmul(a, b, alpha, trans_b=trans_b)
+
+
 def forward(net, params, x, keep: bool):
     """Outputs (n, m); with keep, also each Dense layer's input and each activation's
-    derivative at its pre-activation (for the backward passes), indexed by layer."""
+    derivative at its pre-activation (for the backward passes), indexed by layer.
+
+    On CuPy inputs (and parameters) everything is computed with CuPy on their device."""
+    if is_cupy(x):
+        from . import _cuda_empirical as gpu  # noqa: PLC0415
+
+        xp = gpu._gpu.cupy()
+        fn, derivative = gpu._fn, (lambda layer, h: gpu._derivative(layer, h, xp))
+    else:
+        xp, fn, derivative = np, (lambda layer, h: layer.fn(h)), (lambda layer, h: layer.derivative(h))
     h = x
     inputs, derivs = {}, {}
     seen_dense = False
@@ -135,7 +221,7 @@ def forward(net, params, x, keep: bool):
             c_w, c_b = multipliers(layer, W.shape[0])
             if keep:
                 inputs[k] = h
-            z = _engine.matmul(h, W, c_w)
+            z = matmul(h, W, c_w)
             if b is not None and c_b != 0.0:
                 z += c_b * b
             h, seen_dense = z, True
@@ -143,9 +229,9 @@ def forward(net, params, x, keep: bool):
             # The derivative is needed only where a Dense layer lies before (gradients
             # never flow into the inputs).
             if keep and seen_dense:
-                derivs[k] = layer.derivative(h)
-            h = layer.fn(h)
-    return np.ascontiguousarray(h), inputs, derivs
+                derivs[k] = derivative(layer, h)
+            h = fn(layer, h)
+    return xp.ascontiguousarray(h), inputs, derivs
 
 
 def first_non_finite_layer(net, params, x, squares: bool = False) -> tuple[int, int] | None:

@@ -51,6 +51,20 @@ activation's derivative ``phi'(z)``. For a Dense layer ``z = c_W h @ W + c_b b``
 Each is one or two matrix products per layer on fastntk's BLAS and thread team; training
 the linearized network computes the forward pass at ``theta_0`` once per input set and then
 one JVP and one VJP per step, in memory O(N (sum of the widths)).
+
+CuPy arrays
+-----------
+Parameters and inputs given as CuPy arrays (all of them, on one device: mixing NumPy and
+CuPy, or two devices, is an error naming the argument) are computed with CuPy on that device
+and CuPy's current stream, the matrix products on cuBLAS, in float64; the outputs, NTKs and
+parameters come back as CuPy arrays (the NumPy path is unchanged). The namespace is chosen as
+in :mod:`fastntk.predict`. What goes to the host: the loss, one float per step (divergence is
+checked at every step) and ``TrainResult.loss`` / ``t``, NumPy arrays; and for the gradient
+flow (``discrete=False``) the integrator's state, since SciPy's Runge-Kutta integrators run on
+the host: each evaluation copies the P parameters to the device and the gradient back (2 P
+float64 over the bus, next to the passes' O(N P) work on the device). ``discrete=True`` stays
+on the device throughout. ``get_ntk`` uses the empirical NTK's GPU path (it needs fastntk's
+CUDA build).
 """
 
 from __future__ import annotations
@@ -62,8 +76,21 @@ import numpy as np
 
 from . import _arrays, _engine, empirical
 from ._args import finite_array, real_array, real_number
-from ._finite import bias, check_input, check_params, describe_sequence, forward, multipliers, output_dim
-from ._predict_linalg import times
+from ._arrays import is_cupy
+from ._finite import (
+    bias,
+    check_input,
+    check_params,
+    describe_sequence,
+    device_context,
+    forward,
+    matmul,
+    multipliers,
+    namespace,
+    output_dim,
+    tree_arrays,
+)
+from ._predict_linalg import times, to_host
 from .layers import Dense
 
 __all__ = ["Linearized", "TrainResult", "jvp", "linearize", "train_mse", "vjp"]
@@ -76,7 +103,10 @@ _FLOW_METHODS = ("RK45", "DOP853", "RK23")
 def _sum_sq(r) -> float:
     """sum(r**2) without NumPy's BLAS: a BLAS call for a small vector wakes NumPy's own
     thread pool, whose threads then spin-wait and take the cores from fastntk's OpenMP
-    threads for milliseconds (on 2 cores it made whole training runs 2-3x slower)."""
+    threads for milliseconds (on 2 cores it made whole training runs 2-3x slower). On a
+    CuPy array: computed on its device, the float read back."""
+    if is_cupy(r):
+        return float((r * r).sum())
     return float(np.einsum("ij,ij->", r, r))
 
 
@@ -84,8 +114,9 @@ def _sum_sq(r) -> float:
 # Parameter trees (fastntk's layout: (W, b) per Dense layer, () otherwise).
 
 
-def _check_like(tree, like, name: str) -> list:
-    """tree as float64 arrays with exactly the structure and shapes of the checked params `like`."""
+def _check_like(tree, like, name: str, xp=np) -> list:
+    """tree as float64 arrays (of the namespace xp) with exactly the structure and shapes of
+    the checked params `like`."""
     if not isinstance(tree, (list, tuple)) or len(tree) != len(like):
         raise ValueError(
             f"{name} must have the structure of params: a list of {len(like)} entries ((dW, db) for a Dense "
@@ -101,13 +132,13 @@ def _check_like(tree, like, name: str) -> list:
             continue
         if not isinstance(t, (tuple, list)) or len(t) != 2:
             raise ValueError(f"{where}: expected a pair (W, b) like params[{k}], got {t!r}")
-        W = finite_array(t[0], f"{where}: W", shape=p[0].shape)
+        W = finite_array(t[0], f"{where}: W", xp, shape=p[0].shape)
         if p[1] is None:
             if t[1] is not None:
                 raise ValueError(f"{where}: layer {k} has no bias, so b must be None, got {t[1]!r}")
             b = None
         else:
-            b = bias(t[1], where, p[1].shape[0])
+            b = bias(t[1], where, p[1].shape[0], xp)
         out.append((W, b))
     return out
 
@@ -117,6 +148,7 @@ def _copy(tree) -> list:
 
 
 def _zeros_like(tree) -> list:
+    # np.zeros_like gives a CuPy array for a CuPy one (__array_function__)
     return [(np.zeros_like(p[0]), None if p[1] is None else np.zeros_like(p[1])) if p else () for p in tree]
 
 
@@ -136,9 +168,9 @@ def _leaves(tree):
                 yield p[1]
 
 
-def _flatten(tree) -> np.ndarray:
+def _flatten(tree, xp=np):
     leaves = [a.ravel() for a in _leaves(tree)]
-    return np.concatenate(leaves) if leaves else np.zeros(0)
+    return xp.concatenate(leaves) if leaves else xp.zeros(0)
 
 
 def _unflatten(v: np.ndarray, like) -> list:
@@ -179,18 +211,19 @@ class _Pass:
 def _vjp(net, params, p: _Pass, g: np.ndarray) -> list:
     """Gradient of <g, f> with respect to every parameter: (n, m) cotangent -> params' layout."""
     grads = [()] * len(net.layers)
-    delta = np.ascontiguousarray(g, dtype=np.float64)  # d<g, f> / d h at the current layer's output
+    xp = namespace({"cotangent": g})
+    delta = xp.ascontiguousarray(g, dtype=xp.float64)  # d<g, f> / d h at the current layer's output
     for k in range(len(net.layers) - 1, -1, -1):
         layer = net.layers[k]
         if isinstance(layer, Dense):
             W, b = params[k]
             c_w, c_b = multipliers(layer, W.shape[0])
-            gW = _engine.matmul(p.inputs[k].T, delta, c_w)  # c_W h^T delta (h^T copied contiguous by _matmul)
+            gW = matmul(p.inputs[k].T, delta, c_w)  # c_W h^T delta (h^T copied contiguous by _matmul)
             gb = None if b is None else c_b * delta.sum(axis=0)
             grads[k] = (gW, gb)
             if k == p.first_dense:  # gradients never flow into the inputs
                 break
-            delta = _engine.matmul(delta, W, c_w, trans_b=True)
+            delta = matmul(delta, W, c_w, trans_b=True)
         elif k in p.derivs:
             delta = delta * p.derivs[k]
     return grads
@@ -204,9 +237,9 @@ def _jvp(net, params, p: _Pass, tangent) -> np.ndarray:
             W, b = params[k]
             dW, db = tangent[k]
             c_w, c_b = multipliers(layer, W.shape[0])
-            dz = _engine.matmul(p.inputs[k], dW, c_w)
+            dz = matmul(p.inputs[k], dW, c_w)
             if dh is not None:
-                dz += _engine.matmul(dh, W, c_w)
+                dz += matmul(dh, W, c_w)
             if db is not None and c_b != 0.0:
                 dz += c_b * db
             dh = dz
@@ -230,17 +263,22 @@ def jvp(net, params, x, tangent):
         A direction with the structure and shapes of params: ``(dW, db)`` per Dense layer
         (``db`` None where the layer has no bias), ``()`` otherwise.
 
+    params, x and tangent may all be CuPy arrays on one device (computed there, CuPy
+    results; see the module docstring), not a mix of NumPy and CuPy.
+
     Returns
     -------
     (f, df) : two float64 arrays of shape (N, n_out)
         The outputs ``f(x; params)`` and ``J(x; params) @ tangent`` (the directional
         derivative), computed layer by layer alongside the forward pass, without a Jacobian.
     """
-    checked, input_dim = check_params(net, params)
-    tangent = _check_like(tangent, checked, "tangent")
-    a = check_input(x, "x", input_dim)
-    p = _Pass(net, checked, a)
-    return p.f, _jvp(net, checked, p, tangent)
+    xp = namespace({"x": x, **tree_arrays(params, "params"), **tree_arrays(tangent, "tangent")})
+    with device_context(x):
+        checked, input_dim = check_params(net, params, xp)
+        tangent = _check_like(tangent, checked, "tangent", xp)
+        a = check_input(x, "x", input_dim, xp)
+        p = _Pass(net, checked, a)
+        return p.f, _jvp(net, checked, p, tangent)
 
 
 def vjp(net, params, x, cotangent):
@@ -259,6 +297,9 @@ def vjp(net, params, x, cotangent):
         A weight per output; e.g. ``(f - y) / y.size`` gives the gradient of the loss
         ``||f - y||^2 / (2 y.size)``.
 
+    params, x and cotangent may all be CuPy arrays on one device (computed there, CuPy
+    results; see the module docstring), not a mix of NumPy and CuPy.
+
     Returns
     -------
     (f, grads)
@@ -266,11 +307,13 @@ def vjp(net, params, x, cotangent):
         cotangent`` in params' layout (``(gW, gb)`` per Dense layer, float64, ``gb`` None where
         the layer has no bias; ``()`` otherwise).
     """
-    checked, input_dim = check_params(net, params)
-    a = check_input(x, "x", input_dim)
-    p = _Pass(net, checked, a)
-    g = finite_array(cotangent, "cotangent", shape=p.f.shape)
-    return p.f, _vjp(net, checked, p, g)
+    xp = namespace({"x": x, **tree_arrays(params, "params"), "cotangent": cotangent})
+    with device_context(x):
+        checked, input_dim = check_params(net, params, xp)
+        a = check_input(x, "x", input_dim, xp)
+        p = _Pass(net, checked, a)
+        g = finite_array(cotangent, "cotangent", xp, shape=p.f.shape)
+        return p.f, _vjp(net, checked, p, g)
 
 
 class Linearized:
@@ -288,7 +331,10 @@ class Linearized:
     """
 
     def __init__(self, net, params0):
-        checked, input_dim = check_params(net, params0)
+        arrays = tree_arrays(params0, "params0")
+        self._xp = namespace(arrays)
+        with device_context(*arrays.values()):
+            checked, input_dim = check_params(net, params0, self._xp)
         self.net = net
         self.params0 = _copy(checked)
         self._input_dim = input_dim
@@ -309,20 +355,24 @@ class Linearized:
         -------
         numpy.ndarray, float64, shape (N, n_out)
         """
-        theta = _check_like(params, self.params0, "params")
-        a = check_input(x, "x", self._input_dim)
-        p = _Pass(self.net, self.params0, a)
-        return p.f + _jvp(self.net, self.params0, p, _axpy(-1.0, self.params0, theta))
+        namespace({**tree_arrays(self.params0, "params0"), "x": x, **tree_arrays(params, "params")})
+        with device_context(x):
+            theta = _check_like(params, self.params0, "params", self._xp)
+            a = check_input(x, "x", self._input_dim, self._xp)
+            p = _Pass(self.net, self.params0, a)
+            return p.f + _jvp(self.net, self.params0, p, _axpy(-1.0, self.params0, theta))
 
     apply = __call__
 
     def vjp(self, x, cotangent) -> list:
         """``J(x; theta_0)^T cotangent``: the gradient of ``sum(cotangent * f_lin(x; theta))``,
         the same for every theta. ``cotangent`` (N, n_out); returns params' layout."""
-        a = check_input(x, "x", self._input_dim)
-        p = _Pass(self.net, self.params0, a)
-        g = finite_array(cotangent, "cotangent", shape=p.f.shape)
-        return _vjp(self.net, self.params0, p, g)
+        namespace({**tree_arrays(self.params0, "params0"), "x": x, "cotangent": cotangent})
+        with device_context(x):
+            a = check_input(x, "x", self._input_dim, self._xp)
+            p = _Pass(self.net, self.params0, a)
+            g = finite_array(cotangent, "cotangent", self._xp, shape=p.f.shape)
+            return _vjp(self.net, self.params0, p, g)
 
 
 def linearize(net, params0) -> Linearized:
@@ -333,7 +383,8 @@ def linearize(net, params0) -> Linearized:
     net : fastntk.Network
         A finite network (every Dense layer has an out_dim).
     params0 : list
-        The expansion point, as returned by ``net.init``.
+        The expansion point, as returned by ``net.init`` (NumPy or CuPy arrays; with CuPy
+        the linearized network takes CuPy parameters and inputs on the same device).
 
     Returns
     -------
@@ -353,6 +404,9 @@ class TrainResult:
 
     Attributes
     ----------
+    Arrays are NumPy arrays, or CuPy arrays on the inputs' device when train_mse was given
+    CuPy arrays (except ``t`` and ``loss``, NumPy arrays either way).
+
     t : numpy.ndarray, float64, shape S
         The requested times (step counts when ``discrete=True``).
     fx_train : numpy.ndarray, float64, shape S + (N, n_out)
@@ -434,10 +488,11 @@ class _Model:
 
     def _empirical(self, params, trace_axes):
         names = ("ntk",)
-        k = empirical.kernels(self.net, params, self.x_train, None, names, trace_axes)["ntk"]
+        kernels = _engine.empirical_gpu if is_cupy(self.x_train) else empirical.kernels
+        k = kernels(self.net, params, self.x_train, None, names, trace_axes)["ntk"]
         kt = None
         if self.x_test is not None:
-            kt = empirical.kernels(self.net, params, self.x_test, self.x_train, names, trace_axes)["ntk"]
+            kt = kernels(self.net, params, self.x_test, self.x_train, names, trace_axes)["ntk"]
         return k, kt
 
 
@@ -481,7 +536,9 @@ def train_mse(
     net : fastntk.Network
         A finite network (every Dense layer has an out_dim).
     params : list
-        The initial parameters, as returned by ``net.init`` (not modified).
+        The initial parameters, as returned by ``net.init`` (not modified). NumPy arrays, or
+        CuPy arrays: then x_train, y_train and x_test must be CuPy arrays on the same device,
+        and everything is computed there (module docstring, "CuPy arrays").
     x_train : array_like, shape (N, input_dim)
         Training inputs, any real dtype (computed in float64).
     y_train : array_like, shape (N, n_out), or (N,) for a network with one output
@@ -530,16 +587,22 @@ def train_mse(
     ------
     FloatingPointError
         If the loss becomes non-finite (a learning rate above the stable maximum, for steps).
+    TypeError
+        If some of params, x_train, y_train, x_test are CuPy arrays and others are not
+        (naming the first that is not).
+    ValueError
+        If CuPy arrays among them live on different devices (naming both).
     """
-    problem = _Problem(net, params, x_train, y_train, t, learning_rate, x_test, discrete, linearized, get_ntk,
-                       trace_axes, method, rtol, atol)  # fmt: skip
-    model = _Model(net, problem.params, problem.x_train, problem.x_test, linearized)
-    records = _Records(problem, model)
-    state = model.initial_state()
-    with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported
-        run = _steps if discrete else _flow
-        state, n_grad = run(model, state, problem, records.record)
-    return records.result(_copy(model.params(state)), n_grad)
+    with device_context(x_train):  # CuPy inputs: their device is the current one throughout
+        problem = _Problem(net, params, x_train, y_train, t, learning_rate, x_test, discrete, linearized, get_ntk,
+                           trace_axes, method, rtol, atol)  # fmt: skip
+        model = _Model(net, problem.params, problem.x_train, problem.x_test, linearized)
+        records = _Records(problem, model)
+        state = model.initial_state()
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported
+            run = _steps if discrete else _flow
+            state, n_grad = run(model, state, problem, records.record)
+        return records.result(_copy(model.params(state)), n_grad)
 
 
 class _Problem:
@@ -553,11 +616,13 @@ class _Problem:
 
     def __init__(self, net, params, x_train, y_train, t, learning_rate, x_test, discrete, linearized,
                  get_ntk, trace_axes, method, rtol, atol):  # fmt: skip
-        self.params, input_dim = check_params(net, params)
+        arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, **tree_arrays(params, "params")}
+        self.xp = xp = namespace(arrays)
+        self.params, input_dim = check_params(net, params, xp)
         if input_dim is None:
             raise ValueError(f"net has no Dense layer, so no parameters to train: {net!r}")
-        self.x_train = check_input(x_train, "x_train", input_dim)
-        self.x_test = None if x_test is None else check_input(x_test, "x_test", self.x_train.shape[1])
+        self.x_train = check_input(x_train, "x_train", input_dim, xp)
+        self.x_test = None if x_test is None else check_input(x_test, "x_test", self.x_train.shape[1], xp)
         for name, value in (("discrete", discrete), ("linearized", linearized), ("get_ntk", get_ntk)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -589,7 +654,7 @@ class _Problem:
     def _targets(self, y_train, m: int):
         """(y as float64 (N, m), whether it was given 1-D)."""
         n_points = self.x_train.shape[0]
-        y = real_array(y_train, "y_train")
+        y = real_array(y_train, "y_train", self.xp)
         flat = y.ndim == 1
         expected = (n_points,) if (flat and m == 1) else (n_points, m)
         if y.shape != expected:
@@ -598,7 +663,7 @@ class _Problem:
                 + (f" or {(n_points,)}" if m == 1 else "")
                 + f", got {y.shape}"
             )
-        return finite_array(y, "y_train").reshape(n_points, m), flat
+        return finite_array(y, "y_train", self.xp).reshape(n_points, m), flat
 
 
 class _Records:
@@ -607,19 +672,28 @@ class _Records:
 
     def __init__(self, problem: _Problem, model: _Model):
         self.problem, self.model = problem, model
+        xp = problem.xp
         n_times = problem.times.size
         n_points, m = problem.y.shape
         m_test = 0 if problem.x_test is None else problem.x_test.shape[0]
-        self.train = np.empty((n_times, n_points, m))
-        self.test = None if problem.x_test is None else np.empty((n_times, m_test, m))
-        self.loss = np.empty(n_times)
+        self.train = xp.empty((n_times, n_points, m))
+        self.test = None if problem.x_test is None else xp.empty((n_times, m_test, m))
+        self.loss = np.empty(n_times)  # on the host: one float per time, read back anyway
         self.ntk = self.ntk_test = None
         if problem.get_ntk:
             block = (n_points, n_points) if problem.trace else (n_points, n_points, m, m)
-            self.ntk = _arrays.empty_kernels(("ntk",), (n_times,) + block)["ntk"]
-            if problem.x_test is not None:
-                block_t = (m_test, n_points) if problem.trace else (m_test, n_points, m, m)
-                self.ntk_test = _arrays.empty_kernels(("ntk",), (n_times,) + block_t)["ntk"]
+            block_t = (m_test, n_points) if problem.trace else (m_test, n_points, m, m)
+            if xp is np:
+                self.ntk = _arrays.empty_kernels(("ntk",), (n_times,) + block)["ntk"]
+                if problem.x_test is not None:
+                    self.ntk_test = _arrays.empty_kernels(("ntk",), (n_times,) + block_t)["ntk"]
+            else:
+                from . import _cuda_backend  # noqa: PLC0415
+
+                what = "empirical NTK at every recorded time"
+                self.ntk = _cuda_backend.empty_device(xp, (n_times,) + block, xp.float64, what)
+                if problem.x_test is not None:
+                    self.ntk_test = _cuda_backend.empty_device(xp, (n_times,) + block_t, xp.float64, what)
 
     def record(self, i: int, state, f_train) -> None:
         """Record the i-th distinct time: the state and its training outputs f_train."""
@@ -639,7 +713,10 @@ class _Records:
         inverse, shape = self.problem.inverse, self.problem.shape
 
         def at_times(a):  # (T, ...) -> S + (...)
-            return None if a is None else a[inverse].reshape(shape + a.shape[1:])
+            if a is None:
+                return None
+            index = self.problem.xp.asarray(inverse) if is_cupy(a) else inverse
+            return a[index].reshape(shape + a.shape[1:])
 
         def outputs(a):  # S + (points, m), or S + (points,) for 1-D targets
             out = at_times(a)
@@ -686,22 +763,26 @@ def _flow(model, state, problem: _Problem, record):
     y, n, lr, taus_t = problem.y, problem.n, problem.lr, problem.times
     method, rtol, atol = problem.method, problem.rtol, problem.atol
 
+    # With CuPy the integrator's state (the P parameters, a float64 vector) lives on the host,
+    # where SciPy works: every evaluation copies it to the device and the gradient back
+    # (2 P floats over the bus); the network's passes stay on the device.
+    xp = problem.xp
     like = state
-    v0 = _flatten(state)
+    v0 = to_host(_flatten(state, xp))
     taus = lr * taus_t
     count = [0]
 
     def rhs(_tau, v):
-        s = _unflatten(v, like)
+        s = _unflatten(v if xp is np else xp.asarray(v), like)
         f, grad_of = model.outputs_and_grad(s)
-        g = _flatten(grad_of((f - y) / n))
+        g = to_host(_flatten(grad_of((f - y) / n), xp))
         count[0] += 1
         if not np.isfinite(g).all():
             raise _diverged(f"at tau = learning_rate * t = {_tau!r}", float("nan"), lr, n, False)
         return -g
 
     def record_at(i, v):
-        s = _unflatten(np.ascontiguousarray(v), like)
+        s = _unflatten(xp.asarray(np.ascontiguousarray(v)), like)
         record(i, s, model.train_outputs(s))
 
     i = 0
@@ -709,7 +790,7 @@ def _flow(model, state, problem: _Problem, record):
         record_at(i, v0)
         i += 1
     if i == taus.size:
-        return _unflatten(v0, like), 0
+        return _unflatten(xp.asarray(v0), like), 0
     solver = getattr(integrate, method)(rhs, 0.0, v0, taus[-1], rtol=rtol, atol=atol)
     while i < taus.size:
         message = solver.step()
@@ -720,4 +801,4 @@ def _flow(model, state, problem: _Problem, record):
             while i < taus.size and taus[i] <= solver.t:
                 record_at(i, solver.y if taus[i] == solver.t else interpolant(taus[i]))
                 i += 1
-    return _unflatten(solver.y.copy(), like), count[0]
+    return _unflatten(solver.y.copy() if xp is np else xp.asarray(solver.y), like), count[0]
