@@ -130,3 +130,11 @@ def test_mixed_and_cross_device_errors(rng):
         x1 = cp.asarray(x)
     with pytest.raises(ValueError, match="y_train is on CUDA device 0 but x_train on device 1"):
         train_mse(net, _dev(params), x1, cp.asarray(y), 1.0)
+
+
+@pytest.mark.parametrize("act", ["relu", "erf", "gelu", "sin"])
+def test_apply_matches_the_cpu(act, rng):
+    net = _net(act)
+    params = net.init(4, 5)
+    x = rng.standard_normal((33, 5))
+    _close(net.apply(_dev(params), cp.asarray(x)), net.apply(params, x))

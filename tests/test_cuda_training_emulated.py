@@ -192,3 +192,33 @@ def test_mixed_and_cross_device_inputs_name_the_argument(fake, rng):
     with pytest.raises(ValueError, match=r"params\[0\]: W is on CUDA device 1 but x_train on device 0"):
         train_mse(net, [(np.array(params[0][0]).view(_FakeArrayOnDevice1), dp[0][1]), (), dp[2]],
                   _dev(x), _dev(y), 1.0)  # fmt: skip
+
+
+@pytest.mark.parametrize("act", ["relu", "erf", "gelu", "sin"])
+def test_apply_on_device_arrays(fake, act, rng):
+    net = _net(act)
+    params = net.init(4, 3)
+    x = rng.standard_normal((8, 3))
+    with pytest.raises(AssertionError):  # the fixture's CPU GEMM fails: this is the CPU path
+        net.apply(params, x)
+    _close(net.apply(_tree(params, _dev), _dev(x)), _reference(net, params, x))
+
+
+def _reference(net, params, x):
+    """Plain NumPy forward pass (ntk parameterization throughout)."""
+    h = x
+    for layer, p in zip(net.layers, params):
+        if isinstance(layer, nt.Dense):
+            h = layer.W_std / np.sqrt(p[0].shape[0]) * (h @ p[0]) + layer.b_std * p[1]
+        else:
+            h = layer.fn(h)
+    return h
+
+
+def test_apply_non_finite_names_the_layer(fake, rng):
+    net = nt.serial(*[nt.Dense(8, W_std=1e80), nt.Relu()] * 6, nt.Dense(1))
+    params = net.init(0, 3)
+    with pytest.raises(FloatingPointError, match=r"network's output is not finite .* at layer \d"):
+        net.apply(_tree(params, _dev), _dev(rng.standard_normal((4, 3))))
+    with pytest.raises(TypeError, match=r"x is not a CuPy array but params\[0\]: W is"):
+        net.apply(_tree(params, _dev), rng.standard_normal((4, 3)))

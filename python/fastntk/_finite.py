@@ -279,5 +279,12 @@ def non_finite_error(net, params, inputs: dict, what: str, squares: bool = False
 def check_outputs(net, params, x, f) -> None:
     """FloatingPointError naming the layer unless every entry of the outputs f (of the
     inputs x) is finite."""
-    if not all_finite(f):
-        raise non_finite_error(net, params, {"x": x}, "network's output")
+    if not is_cupy(f):
+        if not all_finite(f):
+            raise non_finite_error(net, params, {"x": x}, "network's output")
+        return
+    from ._predict_linalg import to_host  # noqa: PLC0415
+
+    if not all_finite(f, namespace({"f": f})):  # the layer is found on the host (an error path only)
+        host = [() if not p else tuple(None if v is None else to_host(v) for v in p) for p in params]
+        raise non_finite_error(net, host, {"x": to_host(x)}, "network's output")

@@ -51,10 +51,13 @@ from ._finite import (
     check_outputs,
     check_params,
     check_widths,
+    device_context,
     forward,
     multipliers,
+    namespace,
     non_finite_error,
     output_dim,
+    tree_arrays,
 )
 from .layers import Activation, Dense
 
@@ -296,11 +299,13 @@ def _check_kernels(net, params, a1, a2, outs: dict) -> None:
 
 def apply(net, params, x) -> np.ndarray:
     """The network's outputs (see :meth:`fastntk.Network.apply`)."""
-    checked, input_dim = check_params(net, params)
-    a = check_input(x, "x", input_dim)
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, with its layer
-        f = forward(net, checked, a, keep=False)[0]
-    check_outputs(net, checked, a, f)
+    xp = namespace({"x": x, **tree_arrays(params, "params")})  # CuPy in, CuPy out (see fastntk.training)
+    with device_context(x):
+        checked, input_dim = check_params(net, params, xp)
+        a = check_input(x, "x", input_dim, xp)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, with its layer
+            f = forward(net, checked, a, keep=False)[0]
+        check_outputs(net, checked, a, f)
     return f
 
 

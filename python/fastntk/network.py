@@ -139,7 +139,8 @@ class Network:
         params : list
             As returned by :meth:`init` (checked against the architecture).
         x : array_like, shape (N, input_dim)
-            Inputs, any real dtype (computed in float64).
+            Inputs, any real dtype (computed in float64). With CuPy params and x (all on one
+            device; not a mix of NumPy and CuPy) computed there, a CuPy array out.
 
         Returns
         -------

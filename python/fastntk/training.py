@@ -211,7 +211,7 @@ class _Pass:
 def _vjp(net, params, p: _Pass, g: np.ndarray) -> list:
     """Gradient of <g, f> with respect to every parameter: (n, m) cotangent -> params' layout."""
     grads = [()] * len(net.layers)
-    xp = namespace({"cotangent": g})
+    xp = namespace({"cotangent": g}) if is_cupy(g) else np
     delta = xp.ascontiguousarray(g, dtype=xp.float64)  # d<g, f> / d h at the current layer's output
     for k in range(len(net.layers) - 1, -1, -1):
         layer = net.layers[k]
