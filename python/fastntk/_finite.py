@@ -206,10 +206,12 @@ def forward(net, params, x, keep: bool):
 
     On CuPy inputs (and parameters) everything is computed with CuPy on their device."""
     if is_cupy(x):
-        from . import _cuda_empirical as gpu  # noqa: PLC0415
+        # the activations on device arrays as the GPU's empirical kernels compute them (Erf
+        # and Gelu through cupyx.scipy.special)
+        from . import _cuda_backend, _cuda_empirical  # noqa: PLC0415
 
-        xp = gpu._gpu.cupy()
-        fn, derivative = gpu._fn, (lambda layer, h: gpu._derivative(layer, h, xp))
+        xp = _cuda_backend.cupy()
+        fn, derivative = _cuda_empirical._fn, (lambda layer, h: _cuda_empirical._derivative(layer, h, xp))
     else:
         xp, fn, derivative = np, (lambda layer, h: layer.fn(h)), (lambda layer, h: layer.derivative(h))
     h = x
