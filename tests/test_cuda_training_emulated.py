@@ -222,3 +222,17 @@ def test_apply_non_finite_names_the_layer(fake, rng):
         net.apply(_tree(params, _dev), _dev(rng.standard_normal((4, 3))))
     with pytest.raises(TypeError, match=r"x is not a CuPy array but params\[0\]: W is"):
         net.apply(_tree(params, _dev), rng.standard_normal((4, 3)))
+
+
+def test_get_ntk_on_device_arrays_needs_the_cuda_build(fake, monkeypatch, rng):
+    from fastntk import _cuda_backend as gpu
+
+    monkeypatch.setattr(gpu, "_module", None)  # a build without the CUDA backend
+    net = nt.serial(nt.Dense(8), nt.Relu(), nt.Dense(1))
+    dp = _tree(net.init(0, 3), _dev)
+    x, y = _dev(rng.standard_normal((5, 3))), _dev(rng.standard_normal((5, 1)))
+    with pytest.raises(
+        TypeError, match=r"get_ntk=True with CuPy arrays .* but fastntk was built without CUDA"
+    ):
+        train_mse(net, dp, x, y, 1.0, get_ntk=True)
+    assert _arrays.is_cupy(train_mse(net, dp, x, y, 1.0).fx_train)  # training itself needs CuPy only

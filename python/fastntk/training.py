@@ -627,6 +627,10 @@ class _Problem:
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
         self.get_ntk, self.trace_axes = get_ntk, trace_axes
+        if get_ntk and xp is not np:  # the empirical NTK of CuPy arrays runs on fastntk's CUDA backend
+            from . import _cuda_backend  # noqa: PLC0415
+
+            _cuda_backend.require("get_ntk=True with CuPy arrays computes the empirical NTK on the GPU")
         self.lr = real_number(learning_rate, "learning_rate", low=0, low_open=True)
         self.trace = empirical.parse_trace_axes(trace_axes)
         if self.x_train.shape[0] == 0:
