@@ -6,7 +6,10 @@ Estimators (``fit`` / ``predict`` / ``score``, usable in pipelines and grid sear
   infinitely wide MLPs trained by gradient flow on MSE from zero outputs (the NTK dynamics);
   the classifier trains on one-hot targets, as in the NTK literature;
 - :class:`NNGPRegressor`: the same with the NNGP as the kernel of the flow (Neural Tangents'
-  ``get='nngp'``: only the last layer is trained).
+  ``get='nngp'``: only the last layer is trained);
+- :class:`NTKGaussianProcessRegressor`: Gaussian-process regression with scikit-ntk's kernel,
+  its bias fitted exactly (the global maximum of the marginal likelihood, from one
+  O(N^3) reduction: about three Cholesky factorizations in all).
 
 Kernels for :mod:`sklearn.gaussian_process`, with analytic gradients in their hyperparameters:
 
@@ -37,6 +40,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import _engine
 from . import predict as _predict
 from ._depth_selection import LeaveOneOutWarning, kernels_by_depth, select_depth
+from ._gp_exact import NTKGaussianProcessRegressor
 from ._sklearn_arch import check_architecture, check_int, check_real, mlp
 from .layers import Dense, Relu
 from .network import Network
@@ -46,6 +50,7 @@ __all__ = [
     "NNGPRegressor",
     "NTK",
     "NTKClassifier",
+    "NTKGaussianProcessRegressor",
     "NTKRegressor",
     "LeaveOneOutWarning",
     "NeuralTangentKernel",
