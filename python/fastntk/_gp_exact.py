@@ -216,9 +216,11 @@ class Pencil:
         self.s = float(np.trace(a_noisy)) / trace_b if trace_b > 0 else 1.0
         if not (self.s > 0 and math.isfinite(self.s)):
             self.s = 1.0
-        # G = A' + s B' and H = s B', Fortran-ordered (the transposes of symmetric C arrays).
-        g = np.multiply(b_noisy, self.s).T
+        # G = A' + s B' and H = s B', built in C order and handed to LAPACK as their
+        # transposes: Fortran-ordered views of the same (symmetric) matrices, no copies.
+        g = np.multiply(b_noisy, self.s)
         g += a_noisy
+        g = g.T
         lower, info = _lapack.dpotrf(g, lower=1, clean=0, overwrite_a=1)
         if info != 0:
             raise NotPositiveDefinite(a_noisy, b_noisy, self.s, c)
@@ -285,9 +287,28 @@ class Pencil:
         tv[1:] += self.e[:, None] * v[:-1]
         return q, -float(np.einsum("ik,ik->", v, tv))
 
-    def lml(self, theta: np.ndarray):
+    def _quadratic_one(self, t: np.ndarray):
+        """(w^T M^-1 w for each t, whether M is positive definite there), for one target
+        (w = |w| e_1), vectorized over t: (M^-1)_11 = 1 / r_1 from the pivots of M's UL
+        factorization, r_N = M_NN, r_i = M_ii - M_i,i+1^2 / r_i+1 (all > 0 exactly when M
+        is positive definite; for such a matrix this elimination is as stable as Cholesky)."""
+        tm1 = t - 1.0
+        tm1_sq = tm1 * tm1
+        e_sq = (self.e * self.e).tolist()
+        d = self.d.tolist()
+        ok = np.ones(t.shape, dtype=bool)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            r = 1.0 + tm1 * d[-1]
+            ok &= r > 0
+            for i in range(self.n - 2, -1, -1):
+                r = (1.0 + tm1 * d[i]) - tm1_sq * e_sq[i] / r
+                ok &= r > 0
+            return float(self.w[0, 0]) ** 2 / r, ok
+
+    def lml(self, theta: np.ndarray, gradient: bool = True):
         """(values, derivatives) of the log marginal likelihood at each theta = log(beta)
-        (1-D array); -inf and 0 where K + alpha I is not positive definite (as scikit-learn)."""
+        (1-D array); -inf and 0 where K + alpha I is not positive definite (as scikit-learn).
+        Without ``gradient`` the derivatives are not computed (zeros)."""
         theta = np.atleast_1d(np.asarray(theta, dtype=np.float64))
         b2 = np.exp(2.0 * theta)
         t = b2 / self.s
@@ -300,6 +321,12 @@ class Pencil:
         values = np.full(theta.shape, -np.inf)
         grads = np.zeros(theta.shape)
         n, k = self.n, self.k
+        if not gradient and k == 1:
+            q, ok_q = self._quadratic_one(t)
+            ok &= ok_q
+            logdet = self.logdet_g + logdet_m[ok] - n * np.log(scale[ok])
+            values[ok] = -0.5 * scale[ok] * q[ok] - 0.5 * logdet - 0.5 * n * _LOG_2PI
+            return values, grads
         for i in np.flatnonzero(ok):
             got = self._quadratic(float(t[i]))
             if got is None:
@@ -323,7 +350,7 @@ class Pencil:
         n = int(min(max(math.ceil((hi - lo) / _GRID_STEP) + 1, _GRID_MIN), _GRID_MAX))
         grid = np.linspace(lo, hi, n)
         grid[0], grid[-1] = lo, hi
-        values, _ = self.lml(grid)
+        values, _ = self.lml(grid, gradient=False)
         if not np.isfinite(values).any():
             return None
         left = np.concatenate(([-np.inf], values[:-1]))
@@ -347,7 +374,7 @@ class Pencil:
                         scipy.optimize.brentq(grad, xa, xb, xtol=1e-14, rtol=4 * np.finfo(float).eps)
                     )
             for x in candidates:
-                value = float(self.lml(x)[0][0])
+                value = float(self.lml(x, gradient=False)[0][0])
                 if value > best[1]:
                     best = (x, value)
         return best
@@ -572,16 +599,19 @@ class NTKGaussianProcessRegressor(RegressorMixin, BaseEstimator):
             bias = float(np.clip(math.exp(theta), bounds[0], bounds[1]))
             kernel = self._kernel(depth, bias, bounds)
             # K(bias) + alpha I = (A' + bias^2 B') / (c (1 + bias^2)), into A's buffer.
+            b *= bias * bias
             k_noisy = a
-            k_noisy += bias * bias * b
+            k_noisy += b
             k_noisy *= 1.0 / (c * (1.0 + bias * bias))
             del b
         self.kernel_ = kernel
         self.bias_ = bias
-        try:
-            self.L_ = scipy.linalg.cholesky(k_noisy, lower=True, overwrite_a=True, check_finite=False)
-        except np.linalg.LinAlgError:
-            raise self._not_positive_definite(kernel, alpha) from None
+        # Factored in place: the symmetric C array's transpose is a Fortran array, whose
+        # lower Cholesky factor LAPACK writes over it.
+        lower, info = _lapack.dpotrf(k_noisy.T, lower=1, clean=1, overwrite_a=1)
+        if info != 0:
+            raise self._not_positive_definite(kernel, alpha)
+        self.L_ = lower
         self.alpha_ = scipy.linalg.cho_solve((self.L_, True), self.y_train_, check_finite=False)
         if self._pencil is None:
             self.log_marginal_likelihood_value_ = self._cholesky_lml(y2)
