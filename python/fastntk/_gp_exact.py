@@ -173,6 +173,7 @@ def _tridiagonal(c: np.ndarray):
         # column blocks), kept to check the foreign call's result: both are invariant under
         # the orthogonal reduction.
         trace, frob2 = float(np.trace(c)), 0.0
+        c00, col0 = float(c[0, 0]), float(np.dot(c[:, 0], c[:, 0]))
         for j in range(0, n, 256):
             block = np.tril(c[j:, j : j + 256])
             frob2 += 2.0 * float(np.einsum("ij,ij->", block, block))
@@ -183,9 +184,13 @@ def _tridiagonal(c: np.ndarray):
             # An orthogonal reduction keeps both to round-off: a few ulps of the norm
             # per entry, far below these bounds.
             norm = math.sqrt(max(frob2, 1e-300))
+            # Z e_1 = e_1 (what the one-target likelihood relies on) implies T's first
+            # column is Z^T C e_1: T_11 = C_11 and |T e_1| = |C e_1|.
             if (
                 abs(float(d.sum()) - trace) <= 1e-10 * norm * math.sqrt(n)
                 and abs(float(d @ d) + 2.0 * float(e @ e) - frob2) <= 1e-10 * norm * norm
+                and abs(float(d[0]) - c00) <= 1e-10 * norm
+                and abs(float(d[0]) ** 2 + float(e[0]) ** 2 - col0) <= 1e-10 * norm * norm
             ):
                 return d, e
     _, d, e, _, info = _lapack.dsytrd(c, lower=1, overwrite_a=1)
@@ -571,8 +576,13 @@ class NTKGaussianProcessRegressor(RegressorMixin, BaseEstimator):
         if self.normalize_y:
             self._y_train_mean = np.mean(y, axis=0)
             std = np.std(y, axis=0)
-            # scikit-learn's _handle_zeros_in_scale: a constant target keeps scale 1.
-            self._y_train_std = np.where(std < 10 * np.finfo(std.dtype).eps, 1.0, std)
+            # scikit-learn's _handle_zeros_in_scale: a constant target keeps scale 1 (for
+            # one target only an exact 0 is replaced; for several, anything below 10 eps).
+            if std.ndim == 0:
+                std = 1.0 if std == 0.0 else std
+            else:
+                std[std < 10 * np.finfo(std.dtype).eps] = 1.0
+            self._y_train_std = std
             y = (y - self._y_train_mean) / self._y_train_std
         else:
             shape = (y.shape[1],) if y.ndim == 2 else 1
@@ -596,7 +606,12 @@ class NTKGaussianProcessRegressor(RegressorMixin, BaseEstimator):
             if best is None:
                 raise NotPositiveDefinite(a, b, self._pencil.s, c)
             theta, value = best
-            bias = float(np.clip(math.exp(theta), bounds[0], bounds[1]))
+            if theta <= math.log(bounds[0]):
+                bias = bounds[0]
+            elif theta >= math.log(bounds[1]):
+                bias = bounds[1]
+            else:
+                bias = float(np.clip(math.exp(theta), bounds[0], bounds[1]))
             kernel = self._kernel(depth, bias, bounds)
             # K(bias) + alpha I = (A' + bias^2 B') / (c (1 + bias^2)), into A's buffer.
             b *= bias * bias
