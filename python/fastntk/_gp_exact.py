@@ -60,7 +60,7 @@ _BIAS_MIN, _BIAS_MAX = 1e-100, 1e100
 # Grid step in theta = log(beta). Every term of the likelihood varies with log(beta) on a
 # scale of at least ~1/2: each eigen-direction contributes log(1 + (t - 1) mu) and
 # z^2 / (1 + (t - 1) mu), logistic-like in log t = 2 log(beta) - log(s) with unit width,
-# and the scale factor 1 + beta^2 has unit width in log(beta^2). A step of 1/20 of that
+# and the scale factor 1 + beta^2 has unit width in log(beta^2). A step of a tenth of that
 # puts several grid points on every bump, so no local maximum falls between two of them.
 _GRID_STEP = 0.05
 _GRID_MIN, _GRID_MAX = 65, 4001
@@ -537,6 +537,13 @@ class NTKGaussianProcessRegressor(RegressorMixin, BaseEstimator):
     same one when the likelihood has one maximum); ``alpha`` is not modified by ``fit``.
     A kernel plus noise that is not positive definite raises ValueError naming its smallest
     eigenvalue, before any optimization.
+
+    Cost: one native kernel pass, then LAPACK: two Cholesky factorizations, the reduction
+    of the pencil to standard form (dsygst) and one tridiagonal reduction (the two-stage
+    dsytrd_2stage of fastntk's OpenBLAS from N = 256 on, with ``fastntk.set_num_threads``
+    threads; SciPy's dsytrd otherwise). Several targets replace the tridiagonal reduction
+    by a dense eigendecomposition (about three times its cost). Memory: about five
+    N x N float64 arrays at the peak.
     """
 
     def __init__(
