@@ -10,12 +10,14 @@ and its derivatives in log W_std and log b_std together, every candidate depth c
 the same pass of the deepest network) and, per depth, one Cholesky and one inversion of the
 factor in place; see :func:`evaluate`.
 
-Depth: with several candidate depths the objective of the search is the largest log
-likelihood over the depths at each point, all of them from the one pass. Its maxima are the
-maxima of the individual depths' likelihoods (a point where two depths tie is a crease the
-ascent crosses, never a maximum unless both depths' likelihoods are stationary there), so the
-best of the restarts is the best (depth, hyperparameters) pair the search found; the winning
-depth is then polished alone from that point.
+Depth: with several candidate depths, each evaluation of the search gets every depth's log
+likelihood and gradient from the one pass, and the search climbs the largest of them. Its maxima
+are maxima of the individual depths' likelihoods (where two depths tie is a crease the ascent
+crosses, never a maximum unless both are stationary there). Every evaluation also records, for
+each depth, the best point seen; each depth is then polished alone (passes of its own network)
+from its best point, and the largest polished likelihood wins. That costs ``n_restarts + 1``
+shared searches plus one short search per depth, where fitting each depth separately costs
+``(n_restarts + 1) * n_depths`` searches.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def depth_kernels(arch: dict, depths: list, a: np.ndarray, name: str, free: tupl
     """
     net = mlp(arch, max(depths))
     program = _engine.build_program(net.layers, a.shape[1])
+    if not free and len(depths) == 1:  # the plain kernel (the driver's plain output shape)
+        return {depths[0]: (_engine.gram(program, a, None, (name,), layers=net.layers)[name], [])}
     last_op = _engine.last_ops(program)
     ops = [last_op[2 * depth] for depth in depths]  # layer 2l, a Dense, ends depth l
     directions = [(0 if p == "W_std" else 1, 2.0 * arch[p] ** 2) for p in free]
@@ -188,8 +192,8 @@ def fit(spec: dict, a: np.ndarray, y: np.ndarray, depths: list, n_restarts: int,
     Starts: the given values, then ``n_restarts`` points drawn uniformly in the log-bounds
     (``rng.uniform(low, high)`` per restart, scikit-learn's draw: with the same seed and
     bounds, the same starts as its GaussianProcessRegressor). Each start runs L-BFGS-B on the
-    largest log likelihood over the depths (every depth from one pass per evaluation); the
-    winning depth is then polished alone from the best point. Raises
+    largest log likelihood over the depths (every depth from one pass per evaluation); each
+    depth is then polished alone from the best point seen for it, and the best one wins. Raises
     NotPositiveDefiniteError when no evaluation had a positive definite K + noise I.
     """
     problem = Problem(spec, a, y)
@@ -203,21 +207,26 @@ def fit(spec: dict, a: np.ndarray, y: np.ndarray, depths: list, n_restarts: int,
             best_theta, best_lml = theta, lml
     if not np.isfinite(best_lml):
         raise_not_pd(problem, theta0, max(depths))
-    depth = max(depths, key=lambda d: (problem.best[d][0] if d in problem.best else -np.inf, -d))
-    if len(depths) > 1:  # polish the winner alone, from its best point
-        theta, lml = problem.search(problem.best[depth][1], [depth])
-        if lml > problem.best[depth][0] - 1e-12 * abs(problem.best[depth][0]):
-            best_theta = theta
-        else:  # the polish cannot end below its start; kept for safety
-            best_theta = problem.best[depth][1]
+    if len(depths) > 1:
+        # Polish every depth alone from the best point the shared search saw for it: the
+        # search climbs the winner's likelihood, so a depth whose basin it never entered would
+        # otherwise be judged by a point far from its own maximum.
+        polished = {d: problem.search(problem.best[d][1], [d]) for d in depths if d in problem.best}
+        depth = max(polished, key=lambda d: (polished[d][1], -d))
+        best_theta = polished[depth][0]
+        by_depth = {d: polished[d][1] if d in polished else -np.inf for d in depths}
+    else:
+        depth = depths[0]
     final = problem.evaluate(best_theta, [depth], keep_factor=True)[depth]
+    if len(depths) == 1:
+        by_depth = {depth: final[0]}
     return dict(
         theta=best_theta,
         depth=depth,
         values=problem.values(best_theta),
         lml=final[0],
         factor=final[2],
-        lml_by_depth={d: problem.best[d][0] if d in problem.best else -np.inf for d in depths},
+        lml_by_depth=by_depth,
         n_evaluations=problem.n_evaluations,
     )
 

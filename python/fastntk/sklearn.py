@@ -681,8 +681,8 @@ class MLPGaussianProcessRegressor(RegressorMixin, BaseEstimator):
     scikit-learn adds). The search is L-BFGS-B on ``log(W_std, b_std, noise)`` from the given
     values and ``n_restarts`` random starts (uniform in the log-bounds, drawn as scikit-learn
     draws them, so the same ``random_state`` gives the same starts). With several depths, the
-    search climbs the largest likelihood over them (all from the one pass) and the winner is
-    polished alone.
+    search climbs the largest likelihood over them (all from the one pass), then each depth
+    is polished alone from the best point seen for it; the largest likelihood wins.
 
     Parameters
     ----------
@@ -722,8 +722,8 @@ default=(1e-2, 1e2), (1e-5, 1e5), (1e-5, 1e5)
     depths_ : ndarray of int
         The candidate depths, ascending.
     log_marginal_likelihood_by_depth_ : ndarray of float
-        For each candidate depth, the largest log likelihood the search evaluated (the fitted
-        value for ``depth_``; a lower bound of the others' maxima).
+        For each candidate depth, the largest log likelihood found for it (after its own
+        polish; the fitted value for ``depth_``).
     theta_ : ndarray
         ``log`` of the fitted free hyperparameters, in the order W_std, b_std, noise.
     n_evaluations_ : int
@@ -899,7 +899,9 @@ def _check_bounds(owner: str, name: str, bounds, value: float):
     try:
         low, high = (float(b) for b in bounds)
     except (TypeError, ValueError):
-        raise ValueError(f"{owner}: {name}_bounds must be a pair (low, high) or 'fixed', got {bounds!r}") from None
+        raise ValueError(
+            f"{owner}: {name}_bounds must be a pair (low, high) or 'fixed', got {bounds!r}"
+        ) from None
     if not (np.isfinite(low) and np.isfinite(high) and 0.0 < low <= high):
         raise ValueError(
             f"{owner}: {name}_bounds must be finite with 0 < low <= high (the search is on log {name}), "
