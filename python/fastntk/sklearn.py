@@ -6,7 +6,9 @@ Estimators (``fit`` / ``predict`` / ``score``, usable in pipelines and grid sear
   infinitely wide MLPs trained by gradient flow on MSE from zero outputs (the NTK dynamics);
   the classifier trains on one-hot targets, as in the NTK literature;
 - :class:`NNGPRegressor`: the same with the NNGP as the kernel of the flow (Neural Tangents'
-  ``get='nngp'``: only the last layer is trained).
+  ``get='nngp'``: only the last layer is trained);
+- :class:`MLPGaussianProcessRegressor`: Gaussian-process regression with the NTK or NNGP of an
+  MLP whose ``W_std``, ``b_std``, noise and depth are fitted by maximum marginal likelihood.
 
 Kernels for :mod:`sklearn.gaussian_process`, with analytic gradients in their hyperparameters:
 
