@@ -7,11 +7,12 @@ The model is ``y ~ N(0, K + noise I)`` with ``K`` the NTK or NNGP of the MLP
 noise)`` (scikit-learn's order for ``NTK() + WhiteKernel()``), by L-BFGS-B on the log marginal
 likelihood with its analytic gradient. One evaluation costs one native kernel pass (the kernel
 and its derivatives in log W_std and log b_std together, every candidate depth captured from
-the same pass of the deepest network) and, per depth, one Cholesky and one inversion of the
-factor in place; see :func:`evaluate`.
+the same pass of the deepest network), one Cholesky per depth, and for the gradient one
+inversion of the best depth's factor (LAPACK potri); see :meth:`Problem.evaluate` and
+:func:`gradient`.
 
 Depth: with several candidate depths, each evaluation of the search gets every depth's log
-likelihood and gradient from the one pass, and the search climbs the largest of them. Its maxima
+likelihood from the one pass, and the search climbs the largest of them. Its maxima
 are maxima of the individual depths' likelihoods (where two depths tie is a crease the ascent
 crosses, never a maximum unless both are stationary there). Every evaluation also records, for
 each depth, the best point seen; each depth is then polished alone (passes of its own network)
@@ -65,12 +66,30 @@ def depth_kernels(arch: dict, depths: list, a: np.ndarray, name: str, free: tupl
     return {depth: (out[c, 0], [out[c, 1 + p] for p in range(len(free))]) for c, depth in enumerate(depths)}
 
 
-def log_likelihood(k: np.ndarray, grads: list, noise: float, noise_free: bool, y: np.ndarray):
-    """(log marginal likelihood, gradient in the free log-hyperparameters, factor) of
-    ``y ~ N(0, K + noise I)``, columns of y independent; K is overwritten (K + noise I).
+def log_likelihood(k: np.ndarray, noise: float, y: np.ndarray):
+    """(log marginal likelihood, factor, alpha) of ``y ~ N(0, K + noise I)``, columns of y
+    independent; K is overwritten (K + noise I).
 
-    LML = -1/2 y^T A^-1 y - sum log diag(L) - N/2 log 2 pi per column, A = K + noise I = L L^T.
-    dLML/dtheta_j = 1/2 tr((a a^T - m A^-1) dA_j) summed over the m columns, a = A^-1 y.
+    LML = -1/2 y^T A^-1 y - sum log diag(L) - N/2 log 2 pi per column, A = K + noise I = L L^T,
+    alpha = A^-1 y. Returns (-inf, None, None) when the Cholesky factorization fails (A not
+    positive definite to working precision), as scikit-learn's likelihood does, so that a
+    search steps back. k : (N, N); y : (N, m).
+    """
+    n, m = y.shape
+    k.flat[:: n + 1] += noise
+    factor, _ = cholesky(k, 0.0, lower=True)
+    if factor is None:
+        return -np.inf, None, None
+    alpha = scipy.linalg.cho_solve(factor, y, check_finite=False)
+    logdet = float(np.log(np.diagonal(factor[0])).sum())
+    return -0.5 * float(np.vdot(y, alpha)) - m * logdet - 0.5 * m * n * _LOG_2PI, factor, alpha
+
+
+def gradient(factor, alpha: np.ndarray, grads: list, noise: float, noise_free: bool) -> np.ndarray:
+    """The gradient of the log likelihood in the free log-hyperparameters (kernel ones, whose
+    dK are ``grads``, then the noise), from the factor and alpha of :func:`log_likelihood`.
+
+    dLML/dtheta_j = 1/2 tr((a a^T - m A^-1) dA_j) summed over the m columns a of alpha.
     The trace term is the Frobenius product <A^-1, dA_j> with a dense dA_j, so it needs every
     entry of A^-1: the cheapest exact way is LAPACK's potri on the factor (triangular inverse
     then L^-T L^-1, N^3/3 + N^3/3 flops, lower triangle only), where scikit-learn's
@@ -78,23 +97,12 @@ def log_likelihood(k: np.ndarray, grads: list, noise: float, noise_free: bool, y
     avoid it but is not exact. Because A^-1 and dA_j are symmetric, <A^-1, dA_j> =
     2 sum_{i >= j} (A^-1)_ij (dA_j)_ij - sum_i (A^-1)_ii (dA_j)_ii from the lower triangle
     alone (the other triangle of the factor is zero). The noise direction dA = noise I needs
-    only diag(A^-1).
-
-    Returns (-inf, None, None) when the Cholesky factorization fails (A not positive definite
-    to working precision), as scikit-learn's likelihood does, so that a search steps back.
-    k : (N, N); grads : list of (N, N); y : (N, m).
+    only diag(A^-1). grads : list of (N, N); alpha : (N, m).
     """
-    n, m = y.shape
-    k.flat[:: n + 1] += noise
-    factor, _ = cholesky(k, 0.0, lower=True)
-    if factor is None:
-        return -np.inf, None, None
-    c = factor[0]
-    alpha = scipy.linalg.cho_solve(factor, y, check_finite=False)
-    lml = -0.5 * float(np.vdot(y, alpha)) - m * float(np.log(np.diagonal(c)).sum()) - 0.5 * m * n * _LOG_2PI
-    inv, info = scipy.linalg.lapack.dpotri(c.T, lower=0)  # c.T: the same factor, Fortran order
+    m = alpha.shape[1]
+    inv, info = scipy.linalg.lapack.dpotri(factor[0].T, lower=0)  # .T: the factor in Fortran order
     if info != 0:  # pragma: no cover - potri fails only on a zero pivot, which potrf rejected
-        return -np.inf, None, None
+        raise np.linalg.LinAlgError(f"potri failed (info {info}) on a Cholesky factor")
     inv = inv.T  # lower triangle of A^-1 (C order), zeros above
     diag_inv = np.diagonal(inv)
     grad = []
@@ -104,7 +112,7 @@ def log_likelihood(k: np.ndarray, grads: list, noise: float, noise_free: bool, y
         grad.append(0.5 * (data - m * trace))
     if noise_free:
         grad.append(0.5 * noise * (float(np.vdot(alpha, alpha)) - m * float(diag_inv.sum())))
-    return lml, np.array(grad), factor
+    return np.array(grad)
 
 
 def failure_detail(k: np.ndarray) -> str:
@@ -144,21 +152,29 @@ class Problem:
             out[name] = float(np.exp(t))
         return out
 
-    def evaluate(self, theta, depths: list, keep_factor: bool = False) -> dict:
-        """{depth: (lml, gradient, factor or None)} at theta, from one kernel pass."""
+    def evaluate(self, theta, depths: list, keep_factor: bool = False):
+        """(depth, lml, gradient, factor) at theta for the depth of the largest likelihood
+        (ties: the shallowest), from one kernel pass: a Cholesky per depth, the gradient's
+        inversion for that depth alone. gradient and factor are None where lml is -inf;
+        factor is None unless keep_factor."""
         self.n_evaluations += 1
         v = self.values(theta)
         arch = dict(self.spec["arch"], W_std=v["W_std"], b_std=v["b_std"])
         free = self.spec["free"]
         kernel_free = tuple(p for p in free if p != "noise")
         kernels = depth_kernels(arch, depths, self.a, self.spec["name"], kernel_free)
-        out = {}
-        for depth, (k, grads) in kernels.items():
-            lml, grad, factor = log_likelihood(k, grads, v["noise"], "noise" in free, self.y)
-            out[depth] = (lml, grad, factor if keep_factor else None)
+        best = (depths[0], -np.inf, None, None)
+        for depth, (k, _) in kernels.items():
+            lml, factor, alpha = log_likelihood(k, v["noise"], self.y)
             if lml > self.best.get(depth, (-np.inf, None))[0]:
                 self.best[depth] = (lml, np.array(theta, dtype=float))
-        return out
+            if lml > best[1]:
+                best = (depth, lml, factor, alpha)
+        depth, lml, factor, alpha = best
+        if factor is None:
+            return depth, lml, None, None
+        grad = gradient(factor, alpha, kernels[depth][1], v["noise"], "noise" in free)
+        return depth, lml, grad, factor if keep_factor else None
 
     def objective(self, depths: list):
         """(f, grad) to minimize: minus the largest log likelihood over ``depths`` and the
@@ -166,9 +182,7 @@ class Problem:
         no depth's kernel is positive definite)."""
 
         def fn(theta):
-            res = self.evaluate(theta, depths)
-            depth = max(res, key=lambda d: res[d][0])
-            lml, grad, _ = res[depth]
+            _, lml, grad, _ = self.evaluate(theta, depths)
             if not np.isfinite(lml):
                 return np.inf, np.zeros(len(theta))
             return -lml, -grad
@@ -217,15 +231,15 @@ def fit(spec: dict, a: np.ndarray, y: np.ndarray, depths: list, n_restarts: int,
         by_depth = {d: polished[d][1] if d in polished else -np.inf for d in depths}
     else:
         depth = depths[0]
-    final = problem.evaluate(best_theta, [depth], keep_factor=True)[depth]
+    _, lml, _, factor = problem.evaluate(best_theta, [depth], keep_factor=True)
     if len(depths) == 1:
-        by_depth = {depth: final[0]}
+        by_depth = {depth: lml}
     return dict(
         theta=best_theta,
         depth=depth,
         values=problem.values(best_theta),
-        lml=final[0],
-        factor=final[2],
+        lml=lml,
+        factor=factor,
         lml_by_depth=by_depth,
         n_evaluations=problem.n_evaluations,
     )

@@ -678,9 +678,9 @@ class MLPGaussianProcessRegressor(RegressorMixin, BaseEstimator):
     same model as scikit-learn's ``GaussianProcessRegressor(NTK(...) + WhiteKernel(...))``,
     fitted faster. Each likelihood evaluation is one native pass (the kernel and its
     derivatives in log W_std and log b_std; every candidate depth captured from the pass of
-    the deepest network) and, per depth, one Cholesky factorization and one in-place inversion
-    of the factor for the exact gradient (about a third of the flops of the ``cho_solve(L, I)``
-    scikit-learn adds). The search is L-BFGS-B on ``log(W_std, b_std, noise)`` from the given
+    the deepest network), one Cholesky factorization per depth, and for the exact gradient one
+    inversion of the best depth's factor (LAPACK potri: a third of the flops of the
+    ``cho_solve(L, I)`` scikit-learn adds). The search is L-BFGS-B on ``log(W_std, b_std, noise)`` from the given
     values and ``n_restarts`` random starts (uniform in the log-bounds, drawn as scikit-learn
     draws them, so the same ``random_state`` gives the same starts). With several depths, the
     search climbs the largest likelihood over them (all from the one pass), then each depth
@@ -885,7 +885,7 @@ default=(1e-2, 1e2), (1e-5, 1e5), (1e-5, 1e5)
             )
         y2 = self.y_train_[:, None] if self.y_train_.ndim == 1 else self.y_train_
         problem = _gp_fit.Problem(self._spec_fit, self.X_train_, y2)
-        lml, grad, _ = problem.evaluate(theta, [self.depth_])[self.depth_]
+        _, lml, grad, _ = problem.evaluate(theta, [self.depth_])
         if not eval_gradient:
             return lml
         return lml, (np.zeros(theta.shape) if grad is None else grad)
