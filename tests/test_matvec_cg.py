@@ -17,6 +17,7 @@ from specs import mlp, to_fastntk
 SPEC = mlp("relu", 2, b_std=0.3)
 # A tile side of 40 (one kernel) cuts 137 x 91 points into ragged tiles: 4 x 3 of them.
 SMALL = 8 * 40 * 40
+MEDIUM = 8 * 70 * 70  # 2 x 2 tiles: for the many products of CG
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_cg_matches_direct_solve(data, preconditioner):
     opts = dict(solver="cg", ridge=ridge, tol=1e-12, preconditioner=preconditioner, maxiter=500)
     if preconditioner:
         opts["n_landmarks"] = 40
-    lazy = nt.LazyKernel(net, x1, memory_limit=SMALL)
+    lazy = nt.LazyKernel(net, x1, memory_limit=MEDIUM)
     test = nt.LazyKernel(net, x2, x1, memory_limit=SMALL)
     expected = _ridge_reference(k, y, ridge, kt)
     scale = np.abs(expected).max(axis=0)

@@ -15,8 +15,8 @@ This is k independent CG recurrences, not block CG in O'Leary's sense (which sha
 space between the columns and needs rank-revealing care when columns become dependent).
 
 The preconditioner is Nystrom's (as in Falkon): m landmarks drawn uniformly at random, the
-columns ``C = K[:, L]`` and ``W = K[L, L] = U diag(s) U^T``, ``B = C U s^(-1/2)`` (eigenvalues
-at or below ``m eps max s`` dropped), so that ``K ~ B B^T``, and
+columns ``C = K[:, L]`` and ``W = K[L, L] = L L^T`` (Cholesky, with a jitter at round-off
+scale when W is singular), ``B = C L^-T``, so that ``K ~ B B^T = C W^-1 C^T``, and
 
     P = B B^T + ridge I,    P^-1 r = (r - B (ridge I + B^T B)^-1 B^T r) / ridge
 
@@ -68,6 +68,28 @@ class DenseOperator:
         return self.k[np.ix_(rows, cols)]
 
 
+def _jittered_cholesky(w):
+    """The lower Cholesky factor of ``w + jitter I``, jitter from ``m eps max(diag w)`` up.
+
+    W = K[L, L] is positive semi-definite but can be singular to working precision (landmarks
+    equal or nearly so, a low-rank kernel): a jitter at round-off scale makes it definite. It
+    changes the preconditioner only, never the solution. (A Cholesky, not an eigendecomposition,
+    for its cost: m^3/3 flops, and it stays fast when other processes load the machine.)
+    """
+    m = w.shape[0]
+    scale = max(float(np.max(np.diag(w))), np.finfo(np.float64).tiny)
+    jitter = m * np.finfo(np.float64).eps * scale
+    for _ in range(8):
+        try:
+            return np.linalg.cholesky(w + jitter * np.eye(m))
+        except np.linalg.LinAlgError:
+            jitter *= 100.0
+    raise np.linalg.LinAlgError(
+        "the Nystrom preconditioner's landmark kernel K[L, L] is not positive semi-definite even "
+        f"with a jitter of {jitter:.3g}: the kernel is not a valid covariance"
+    )
+
+
 class Nystrom:
     """The Nystrom preconditioner ``(B B^T + ridge I)^-1`` (see the module doc)."""
 
@@ -77,14 +99,11 @@ class Nystrom:
         self.landmarks = np.sort(rng.choice(n, size=m, replace=False))
         c = np.asarray(op.block(slice(None), self.landmarks), dtype=np.float64)  # (N, m)
         w = c[self.landmarks]
-        w = 0.5 * (w + w.T)
-        s, u = np.linalg.eigh(w)
-        # Eigenvalues at round-off level of the largest are zero modes of W (landmarks that are
-        # equal or nearly): their inverse square roots would amplify noise, so they are dropped.
-        keep = s > m * np.finfo(np.float64).eps * max(float(s.max()), 0.0)
-        self.rank = int(keep.sum())
-        self.b = c @ (u[:, keep] / np.sqrt(s[keep]))  # (N, rank)
+        factor = _jittered_cholesky(0.5 * (w + w.T))
+        # B = C L^-T, so that B B^T = C W^-1 C^T: the Nystrom approximation of K.
+        self.b = scipy.linalg.solve_triangular(factor, c.T, lower=True, check_finite=False).T  # (N, m)
         del c
+        self.rank = m
         self.ridge = ridge
         core = self.b.T @ self.b
         core[np.diag_indices_from(core)] += ridge
@@ -105,7 +124,7 @@ class CGResult:
     iterations: np.ndarray  # (k,) int: iterations each column took
     residual_norms: np.ndarray  # (k,): ||residual|| / ||y|| at the end
     converged: np.ndarray  # (k,) bool
-    rank: int | None  # the Nystrom rank (None without a preconditioner)
+    rank: int | None  # the Nystrom landmarks (None without a preconditioner)
 
 
 def _colnorms(a):

@@ -129,7 +129,9 @@ def _pick(outs, name):
 
 
 def _transpose(block):
-    return np.ascontiguousarray(block.T)
+    # A view, not a copy: a lower block held on the worker of its mirror costs no memory, and
+    # one that travels is serialized from the view like any array.
+    return block.T
 
 
 def _block_products(net, a1, a2, v2, v1, name, diagonal):
