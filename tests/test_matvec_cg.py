@@ -185,6 +185,18 @@ def test_cg_warns_when_not_converged(data):
         kernel_regression(k, y, None, 1e-8, solver="cg", preconditioner=None, maxiter=3)
 
 
+def test_cg_progress_bar(data, capsys):
+    x1, _ = data
+    _, k = ntk_gram_ref(SPEC, x1)
+    y = np.random.default_rng(7).normal(size=137)
+    its = []
+    kernel_regression(k, y, None, 1.0, solver="cg", progress=True, callback=lambda i, r: its.append(i))
+    err = capsys.readouterr().err
+    assert "cg" in err and f"{its[-1]}/" in err and "residual" in err
+    kernel_regression(k, y, None, 1.0, solver="cg", progress=False)
+    assert capsys.readouterr().err == ""
+
+
 @pytest.fixture
 def no_kernel_work(monkeypatch):
     def fail(*args, **kwargs):
@@ -234,5 +246,7 @@ def test_bad_input_fails_before_work(data, no_kernel_work):
         kernel_regression(lazy, y, nt.LazyKernel(net, x2), 1.0, solver="cg")
     with pytest.raises(ValueError, match="k_train_train must be the symmetric kernel"):
         kernel_regression(test, np.ones(91), None, 1.0, solver="cg")
+    with pytest.raises(ValueError, match="progress must be None"):
+        kernel_regression(lazy, y, test, 1.0, solver="cg", progress="yes")
     with pytest.raises(ValueError, match="get must be one kernel name"):
         nt.LazyKernel(net, x1, get=("ntk", "nngp"))

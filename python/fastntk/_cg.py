@@ -36,6 +36,8 @@ import warnings
 import numpy as np
 import scipy.linalg
 
+from ._progress import progress_bar
+
 
 class ConvergenceWarning(RuntimeWarning):
     """Conjugate gradients stopped at ``maxiter`` before every column reached ``tol``."""
@@ -132,12 +134,13 @@ def _colnorms(a):
 
 
 def solve(op, y, ridge: float, *, tol: float, maxiter: int, preconditioner, n_landmarks, seed,
-          callback=None, stacklevel: int = 3) -> CGResult:  # fmt: skip
+          callback=None, progress=None, stacklevel: int = 3) -> CGResult:  # fmt: skip
     """Solve ``(K + ridge I) x = y`` for float64 y (N, k), column by column, one pass of K per
     iteration (see the module doc). Stops a column when ``||r|| <= tol ||y||``.
 
     ``callback(iteration, residual_norms)`` (relative, (k,); converged columns keep their
-    final value) is called after each iteration.
+    final value) is called after each iteration. ``progress``: the bar's policy (see
+    :mod:`fastntk._progress`): iterations out of maxiter, with the largest residual.
     """
     n, k = y.shape
     precond = None
@@ -155,37 +158,40 @@ def solve(op, y, ridge: float, *, tol: float, maxiter: int, preconditioner, n_la
     rz = np.einsum("ij,ij->j", r, z)
     breakdown = []
     it = 0
-    while active.any() and it < maxiter:
-        a = np.flatnonzero(active)
-        pa = p[:, a]
-        q = op.matvec(pa) + ridge * pa
-        pq = np.einsum("ij,ij->j", pa, q)
-        # K + ridge I is positive definite (ridge > 0): pq <= 0 only if K is not positive
-        # semi-definite to working precision; that column stops where it is.
-        bad = ~(pq > 0)
-        if bad.any():
-            breakdown.extend(a[bad].tolist())
-            active[a[bad]] = False
-            a, pa, q, pq = a[~bad], pa[:, ~bad], q[:, ~bad], pq[~bad]
-        step = rz[a] / pq
-        x[:, a] += step * pa
-        r[:, a] -= step * q
-        it += 1
-        iterations[a] = it
-        rn = _colnorms(r[:, a])
-        rel[a] = rn / ynorm[a]
-        done = rn <= target[a]
-        active[a[done]] = False
-        if callback is not None:
-            callback(it, rel.copy())
-        a = a[~done]
-        if a.size:
-            ra = r[:, a]
-            za = ra if precond is None else precond(ra)
-            rz_new = np.einsum("ij,ij->j", ra, za)
-            beta = rz_new / rz[a]
-            rz[a] = rz_new
-            p[:, a] = za + beta * p[:, a]
+    with progress_bar(total=maxiter, desc="cg", progress=progress, unit="it") as bar:
+        while active.any() and it < maxiter:
+            a = np.flatnonzero(active)
+            pa = p[:, a]
+            q = op.matvec(pa) + ridge * pa
+            pq = np.einsum("ij,ij->j", pa, q)
+            # K + ridge I is positive definite (ridge > 0): pq <= 0 only if K is not positive
+            # semi-definite to working precision; that column stops where it is.
+            bad = ~(pq > 0)
+            if bad.any():
+                breakdown.extend(a[bad].tolist())
+                active[a[bad]] = False
+                a, pa, q, pq = a[~bad], pa[:, ~bad], q[:, ~bad], pq[~bad]
+            step = rz[a] / pq
+            x[:, a] += step * pa
+            r[:, a] -= step * q
+            it += 1
+            iterations[a] = it
+            rn = _colnorms(r[:, a])
+            rel[a] = rn / ynorm[a]
+            done = rn <= target[a]
+            active[a[done]] = False
+            bar.update(1)
+            bar.set_postfix_str(f"residual {float(rel.max()):.2e}", refresh=False)
+            if callback is not None:
+                callback(it, rel.copy())
+            a = a[~done]
+            if a.size:
+                ra = r[:, a]
+                za = ra if precond is None else precond(ra)
+                rz_new = np.einsum("ij,ij->j", ra, za)
+                beta = rz_new / rz[a]
+                rz[a] = rz_new
+                p[:, a] = za + beta * p[:, a]
     converged = rel <= tol
     if breakdown:
         warnings.warn(

@@ -140,6 +140,7 @@ def kernel_regression(
     n_landmarks=None,
     seed=0,
     callback=None,
+    progress=None,
 ):
     """Ridgeless (or ridge) kernel regression ``K(x, X) (K(X, X) + ridge I)^+ y``.
 
@@ -197,6 +198,9 @@ def kernel_regression(
     callback : callable, optional, keyword-only
         CG: ``callback(iteration, residuals)`` after every iteration, ``residuals`` the
         relative residual of each column (n_out,).
+    progress : None, True or False, keyword-only
+        CG: a progress bar over the iterations, with the largest residual (None: automatic,
+        in a terminal once the solve has taken 2 s; True: always; False: never).
 
     Returns
     -------
@@ -209,7 +213,7 @@ def kernel_regression(
     if lazy_train or lazy_test or solver == "cg":
         return _kernel_regression_operator(
             k_train_train, y_train, k_test_train, ridge, solver, tol, maxiter, preconditioner,
-            n_landmarks, seed, callback,
+            n_landmarks, seed, callback, progress,
         )  # fmt: skip
     xp = _la.namespace(k_train_train, y_train, k_test_train)
     k, eps = _la.kernel_matrix(xp, k_train_train, "k_train_train")
@@ -234,9 +238,10 @@ def _is_lazy(k) -> bool:
 
 
 def _kernel_regression_operator(kk, y_train, kt, ridge, solver, tol, maxiter, preconditioner,
-                                n_landmarks, seed, callback):  # fmt: skip
+                                n_landmarks, seed, callback, progress):  # fmt: skip
     """kernel_regression with a lazy kernel on either side, or with solver='cg'."""
     from . import _cg
+    from ._progress import check_progress
 
     owner = "kernel_regression"
     if _is_lazy(kk):
@@ -267,6 +272,7 @@ def _kernel_regression_operator(kk, y_train, kt, ridge, solver, tol, maxiter, pr
     )
     if callback is not None and not callable(callback):
         raise TypeError(f"{owner}: callback must be callable or None, got {callback!r}")
+    progress = check_progress(progress)
     if solver == "auto":
         solver = "direct" if not _is_lazy(kk) or _cg.dense_fits(n) else "cg"
         why = " (chosen by solver='auto': K would not fit in memory)"
@@ -293,7 +299,7 @@ def _kernel_regression_operator(kk, y_train, kt, ridge, solver, tol, maxiter, pr
     op = kk if _is_lazy(kk) else _cg.DenseOperator(kk)
     res = _cg.solve(
         op, y, ridge, tol=tol, maxiter=maxiter, preconditioner=preconditioner,
-        n_landmarks=n_landmarks, seed=seed, callback=callback, stacklevel=4,
+        n_landmarks=n_landmarks, seed=seed, callback=callback, progress=progress, stacklevel=4,
     )  # fmt: skip
     if kt is None:
         # K alpha = y - r - ridge alpha (r the residual CG tracks): no extra pass over K.
