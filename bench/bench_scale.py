@@ -203,7 +203,7 @@ def run_dask(scale: int):
     x = rng.standard_normal((n, d))
     v = rng.standard_normal((n, 2))
     cluster = distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
     )
     out = {}
     with distributed.Client(cluster):

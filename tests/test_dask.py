@@ -53,7 +53,7 @@ _restore_fastntk = _by_value(
 @pytest.fixture(scope="module")
 def client():
     cluster = distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
     )
     with distributed.Client(cluster) as c:
         yield c
@@ -121,6 +121,23 @@ def test_regression_on_the_cluster(client, x):
     np.testing.assert_allclose(op.matvec(v), k @ v, rtol=1e-12)
     np.testing.assert_allclose(op.block([1, 2], [5]), k[[1, 2]][:, [5]], rtol=1e-12)
     assert kernel_regression(op, y, None, 1.0, solver="cg").shape == (150, 2)
+
+
+def test_bad_arguments(client, x):
+    net = to_fastntk(SPEC)
+    with pytest.raises(ValueError, match="needs the same row and column chunks"):
+        fd.kernel(net, x, chunks=(40, 30))
+    with pytest.raises(ValueError, match="chunks must be"):
+        fd.kernel(net, x, chunks="many")
+    with pytest.raises(ValueError, match="x1 has a non-finite value"):
+        fd.kernel(net, np.full((3, 4), np.nan))
+    with pytest.raises(TypeError, match="net must be a fastntk network"):
+        fd.kernel(None, x)
+    op = fd.DaskKernel(net, x, chunks=64)
+    with pytest.raises(ValueError, match=r"V must have shape \(150,\)"):
+        op.matvec(np.ones(149))
+    with pytest.raises(ValueError, match="needs ridge > 0"):
+        fd.kernel_regression(net, x, np.ones(150), None, 0.0)
 
 
 def test_worker_without_fastntk_is_named(client, x):

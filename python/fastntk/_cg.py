@@ -249,5 +249,6 @@ def dense_fits(n: int) -> bool:
     from ._arrays import available_memory
 
     available = available_memory()
-    need = 3 * 8 * n * n
-    return available is None and need <= (4 << 30) or available is not None and need <= available / 2
+    if available is None:  # unknown (not Linux, no sysconf): assume a modest 8 GiB machine
+        available = 8 << 30
+    return 3 * 8 * n * n <= available / 2

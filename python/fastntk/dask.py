@@ -322,6 +322,10 @@ class DaskKernel(LazyKernel):
         ]
         return np.concatenate(dask.compute(*sums), axis=0)
 
+    def to_dense(self):
+        """The whole matrix, computed on the cluster and gathered here (float64 (N1, N2))."""
+        return kernel(self.net, self.x1, self.x2, chunks=self.chunks[0][0], get=self.get).compute()
+
     def block(self, rows=slice(None), cols=slice(None)):
         """The dense block ``K[rows, cols]``, computed on the cluster by row chunks."""
         from ._matvec import _index
