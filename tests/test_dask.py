@@ -2,7 +2,7 @@
 a worker without fastntk, and a worker killed (SIGKILL) mid-computation.
 
 References: tests/reference.py kernels, np.linalg.solve, and the same blocks computed in
-this process (Dask's synchronous scheduler)."""
+this process, block by block."""
 
 from __future__ import annotations
 
@@ -48,6 +48,24 @@ _restore_fastntk = _by_value(
     "def restore():\n    import sys\n    sys.modules['fastntk'] = sys.modules.pop('_fastntk_hidden')\n",
     "restore",
 )
+
+
+def blockwise(net, x1, x2, rows: int, cols: int):
+    """The kernel assembled here from the same blocks the workers compute: net.kernel on each
+    block on and above the diagonal (x2 None: the diagonal blocks by the symmetric path), the
+    ones below as transposes."""
+    sym = x2 is None
+    x2 = x1 if sym else x2
+    out = np.empty((len(x1), len(x2)))
+    for i in range(0, len(x1), rows):
+        for j in range(0, len(x2), cols):
+            if sym and j < i:
+                out[i : i + rows, j : j + cols] = out[j : j + cols, i : i + rows].T
+            elif sym and i == j:
+                out[i : i + rows, j : j + cols] = net.kernel(x1[i : i + rows], get="ntk")
+            else:
+                out[i : i + rows, j : j + cols] = net.kernel(x1[i : i + rows], x2[j : j + cols], get="ntk")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +115,7 @@ def test_cross_kernel_ragged_chunks(client, x):
     assert k.shape == (150, 61)
     got = k.compute()
     assert_kernel_close(got, ntk, 1e-12, scale=np.abs(ntk).max())
-    assert np.array_equal(got, k.compute(scheduler="sync"))
+    assert np.array_equal(got, blockwise(net, x, x2, 33, 25))
 
 
 def test_regression_on_the_cluster(client, x):
@@ -175,7 +193,7 @@ def test_worker_killed_mid_computation(client):
     # nanny sets OMP_NUM_THREADS=1 for threads_per_worker=1); thread counts change the last bits.
     nt.set_num_threads(1)
     try:
-        assert np.array_equal(got, k.compute(scheduler="sync"))
+        assert np.array_equal(got, blockwise(net, xk, None, 150, 150))
     finally:
         nt.set_num_threads(None)
     expected = net.kernel(xk, get="ntk")
