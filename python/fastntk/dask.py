@@ -74,15 +74,6 @@ def _client():
         return None
 
 
-def _to_cluster(blocks: list) -> list:
-    """The input blocks as futures held by the cluster (sent once, outside the task graph,
-    which then stays small whatever N is), or as they are without a distributed client."""
-    client = _client()
-    if client is None:
-        return blocks
-    return client.scatter(blocks)
-
-
 def check_workers(client=None) -> None:
     """Raise unless every worker of the cluster imports fastntk of this version.
 
@@ -225,10 +216,19 @@ def kernel(net, x1, x2=None, chunks="auto", get=("nngp", "ntk")):
         )
     check_workers()
     token = uuid.uuid4().hex
-    r_off, c_off = _offsets(rows), _offsets(cols)
-    parts1 = _to_cluster([a1[a:b] for a, b in zip(r_off, r_off[1:])])
-    parts2 = parts1 if a2 is None else _to_cluster([a2[a:b] for a, b in zip(c_off, c_off[1:])])
+    # The input blocks travel inside the graph, each once under its own key, rather than
+    # scattered to workers beforehand: the scheduler can then send them again when a worker
+    # dies (scattered data dies with the only worker holding it, and the computation with it).
+    # Dask warns about graphs over 10 MB (N d > 1.3 M inputs); the warning is about speed only.
     graph = {}
+    r_off, c_off = _offsets(rows), _offsets(cols)
+    in1 = f"fastntk-x1-{token}"
+    in2 = in1 if a2 is None else f"fastntk-x2-{token}"
+    for i in range(len(rows)):
+        graph[(in1, i)] = a1[r_off[i] : r_off[i + 1]]
+    if a2 is not None:
+        for j in range(len(cols)):
+            graph[(in2, j)] = a2[c_off[j] : c_off[j + 1]]
     tiles = f"fastntk-tiles-{token}"
     outs = {n: f"fastntk-{n}-{token}" for n in names}
     for i in range(len(rows)):
@@ -237,8 +237,8 @@ def kernel(net, x1, x2=None, chunks="auto", get=("nngp", "ntk")):
                 for n in names:  # the mirror block, transposed
                     graph[(outs[n], i, j)] = (_transpose, (outs[n], j, i))
                 continue
-            second = None if (a2 is None and i == j) else parts2[j]
-            graph[(tiles, i, j)] = (_gram_block, net, parts1[i], second, names)
+            second = None if (a2 is None and i == j) else (in2, j)
+            graph[(tiles, i, j)] = (_gram_block, net, (in1, i), second, names)
             for n in names:
                 graph[(outs[n], i, j)] = (_pick, (tiles, i, j), n)
     meta = np.empty((0, 0), dtype=np.float64)
@@ -257,8 +257,8 @@ class DaskKernel(LazyKernel):
 
     ``matvec(V)`` builds one task per tile (on and above the diagonal when x2 is None), each
     computing its tile natively and multiplying it by its slices of V, and one sum per block
-    row; only the (rows, k) products travel. The input blocks are sent to the cluster once
-    (``client.scatter``), V at every product. Pass it to
+    row; only the (rows, k) products travel. The inputs are sent to the cluster once
+    (``dask.persist``), V at every product. Pass it to
     :func:`fastntk.predict.kernel_regression` (``solver='cg'``) to fit on the cluster.
 
     Parameters
@@ -279,11 +279,14 @@ class DaskKernel(LazyKernel):
         self.chunks = (rows, cols)
         self._r_off, self._c_off = _offsets(rows), _offsets(cols)
         check_workers()
-        # The input blocks go to the cluster once.
-        self._p1 = _to_cluster([self.x1[a:b] for a, b in zip(self._r_off, self._r_off[1:])])
-        self._p2 = self._p1
+        # The network and the input blocks go to the cluster once, as persisted tasks (not
+        # scattered data): a worker lost mid-fit has them recomputed (see :func:`kernel`).
+        d_net = dask.delayed(net, traverse=False)
+        p1 = [dask.delayed(self.x1[a:b], traverse=False) for a, b in zip(self._r_off, self._r_off[1:])]
+        p2 = p1
         if not self.symmetric:
-            self._p2 = _to_cluster([self.x2[a:b] for a, b in zip(self._c_off, self._c_off[1:])])
+            p2 = [dask.delayed(self.x2[a:b], traverse=False) for a, b in zip(self._c_off, self._c_off[1:])]
+        self._net, self._p1, self._p2 = dask.persist(d_net, p1, p2)
 
     def __repr__(self) -> str:
         return f"DaskKernel({self.net!r}, get={self.get!r}, shape={self.shape}, chunks={self.chunks})"
@@ -312,7 +315,7 @@ class DaskKernel(LazyKernel):
                     continue
                 diagonal = self.symmetric and i == j
                 mirrored = self.symmetric and i != j
-                kv, ktv = task(self.net, self._p1[i], self._p2[j], v_cols[j],
+                kv, ktv = task(self._net, self._p1[i], self._p2[j], v_cols[j],
                                v_cols[i] if mirrored else None, self.get, diagonal,
                                dask_key_name=f"fastntk-kv-{token}-{i}-{j}")  # fmt: skip
                 parts[i].append(kv)
