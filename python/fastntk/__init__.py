@@ -51,6 +51,7 @@ _load_blas()
 
 from . import _engine  # noqa: E402  (isort: skip)  the native module, loaded after the BLAS
 from ._engine import get_default_device, get_num_threads, set_default_device, set_num_threads  # noqa: E402
+from ._matvec import LazyKernel, kernel_matvec  # noqa: E402
 from .architectures import mlp  # noqa: E402
 from .empirical import monte_carlo_kernel  # noqa: E402
 from .interop import from_torch  # noqa: E402
@@ -104,6 +105,7 @@ __all__ = [
     "Gelu",
     "Identity",
     "Layer",
+    "LazyKernel",
     "LeakyRelu",
     "Linearized",
     "Monomial",
@@ -119,6 +121,7 @@ __all__ = [
     "get_default_device",
     "get_num_threads",
     "has_cuda",
+    "kernel_matvec",
     "linearize",
     "mlp",
     "monte_carlo_kernel",

@@ -47,9 +47,11 @@ import numpy as np
 
 from . import _predict_linalg as _la
 from ._args import KERNEL_NAMES, parse_get
+from ._cg import ConvergenceWarning
 from ._predict_linalg import SingularKernelWarning
 
 __all__ = [
+    "ConvergenceWarning",
     "Gaussian",
     "LearningRateWarning",
     "ODEState",
@@ -125,33 +127,94 @@ def _batched(vecs, coef, c):
 # Kernel regression
 
 
-def kernel_regression(k_train_train, y_train, k_test_train=None, ridge: float = 0.0):
+def kernel_regression(
+    k_train_train,
+    y_train,
+    k_test_train=None,
+    ridge: float = 0.0,
+    *,
+    solver: str = "auto",
+    tol: float = 1e-8,
+    maxiter=None,
+    preconditioner="nystrom",
+    n_landmarks=None,
+    seed=0,
+    callback=None,
+    progress=None,
+):
     """Ridgeless (or ridge) kernel regression ``K(x, X) (K(X, X) + ridge I)^+ y``.
 
     The infinite-time prediction of gradient flow on MSE from zero initial outputs.
-    ``K(X, X) + ridge I`` is solved by Cholesky when it is positive definite to working
-    precision; otherwise (Cholesky fails, or LAPACK's reciprocal condition estimate is at or
-    below ``N eps``) by the Moore-Penrose pseudo-inverse from its symmetric
+
+    ``solver='direct'``: ``K(X, X) + ridge I`` is solved by Cholesky when it is positive
+    definite to working precision; otherwise (Cholesky fails, or LAPACK's reciprocal condition
+    estimate is at or below ``N eps``) by the Moore-Penrose pseudo-inverse from its symmetric
     eigendecomposition, where eigenvalues at or below ``N * eps * max |lambda|`` count as
     zero (``eps`` of the kernel's dtype), with a :class:`SingularKernelWarning` that says so.
 
+    ``solver='cg'``: matrix-free. Preconditioned conjugate gradients on
+    ``(K + ridge I) alpha = y``, one product with K per iteration for all output columns
+    together (each column with its own recurrence and convergence test, stopping at
+    ``||y - (K + ridge I) alpha|| <= tol ||y||``), with a Nystrom preconditioner (uniformly
+    drawn landmarks; Woodbury with a Cholesky of its m x m core). With a
+    :class:`fastntk.LazyKernel` (or :class:`fastntk.dask.DaskKernel`) every product is computed
+    tile by tile and K is never stored, so N is bounded by time, not memory; the test
+    predictions ``K(x, X) alpha`` are products too. It needs ``ridge > 0``: without a ridge
+    the system is as ill-conditioned as K itself (NTK eigenvalues decay polynomially, to
+    round-off), CG would stall, and a singular K has no unique solution; a ValueError then
+    suggests a ridge. Iterations stop at ``maxiter`` with a
+    :class:`ConvergenceWarning`.
+
+    ``solver='auto'`` (default): ``'direct'`` for kernel matrices (already in memory); for a
+    lazy kernel, ``'direct'`` when about three N x N float64 matrices (the kernel, its
+    symmetrized copy and its factor) fit in half of the memory available now, else ``'cg'``.
+
     Parameters
     ----------
-    k_train_train : array (N, N)
-        Symmetric training kernel (NNGP or NTK), any real dtype.
+    k_train_train : array (N, N) or LazyKernel
+        Symmetric training kernel (NNGP or NTK), any real dtype, or a lazy kernel
+        (:class:`fastntk.LazyKernel` with x2=None, or a :class:`fastntk.dask.DaskKernel`).
     y_train : array (N,) or (N, n_out)
         Targets; columns are independent.
-    k_test_train : array (M, N), optional
-        Test-train kernel. None predicts on the training points, ``K (K + ridge I)^+ y``
-        (``y`` itself when ``ridge = 0`` and ``K`` is positive definite).
+    k_test_train : array (M, N) or LazyKernel, optional
+        Test-train kernel (a lazy one: ``LazyKernel(net, x_test, x_train)``). None predicts on
+        the training points, ``K (K + ridge I)^+ y`` (``y`` itself when ``ridge = 0`` and ``K``
+        is positive definite).
     ridge : float, >= 0
-        Absolute ridge added to the diagonal.
+        Absolute ridge added to the diagonal (> 0 for ``solver='cg'``).
+    solver : {'auto', 'direct', 'cg'}, keyword-only
+    tol : float in (0, 1), keyword-only
+        CG: relative residual at which a column stops.
+    maxiter : int, optional, keyword-only
+        CG: the most iterations (default ``max(100, min(N, 1000))``).
+    preconditioner : {'nystrom', None}, keyword-only
+        CG: the Nystrom preconditioner, or none.
+    n_landmarks : int, optional, keyword-only
+        CG: Nystrom landmarks m (default ``min(N, 1000)``, fewer when N m float64 would pass
+        32 MiB, never fewer than ``min(N, 100)``). More landmarks: fewer iterations, more memory
+        (two N x m arrays).
+    seed : int or numpy.random.Generator, keyword-only
+        CG: draws the landmarks.
+    callback : callable, optional, keyword-only
+        CG: ``callback(iteration, residuals)`` after every iteration, ``residuals`` the
+        relative residual of each column (n_out,).
+    progress : None, True or False, keyword-only
+        CG: a progress bar over the iterations, with the largest residual (None: automatic,
+        in a terminal once the solve has taken 2 s; True: always; False: never).
 
     Returns
     -------
     float64 array (M, n_out) or (M,) like ``y_train`` (N rows without ``k_test_train``),
-    NumPy or CuPy like the kernels.
+    NumPy or CuPy like the kernels (NumPy for lazy kernels).
     """
+    if solver not in ("auto", "direct", "cg"):
+        raise ValueError(f"kernel_regression: solver must be 'auto', 'direct' or 'cg', got {solver!r}")
+    lazy_train, lazy_test = _is_lazy(k_train_train), _is_lazy(k_test_train)
+    if lazy_train or lazy_test or solver == "cg":
+        return _kernel_regression_operator(
+            k_train_train, y_train, k_test_train, ridge, solver, tol, maxiter, preconditioner,
+            n_landmarks, seed, callback, progress,
+        )  # fmt: skip
     xp = _la.namespace(k_train_train, y_train, k_test_train)
     k, eps = _la.kernel_matrix(xp, k_train_train, "k_train_train")
     y, flat = _la.targets(xp, y_train, k.shape[0])
@@ -166,6 +229,82 @@ def kernel_regression(k_train_train, y_train, k_test_train=None, ridge: float = 
     if ridge:
         out -= ridge * fac.solve(y, stacklevel=4)
     return _finish(out, flat)
+
+
+def _is_lazy(k) -> bool:
+    from ._matvec import LazyKernel
+
+    return isinstance(k, LazyKernel)
+
+
+def _kernel_regression_operator(kk, y_train, kt, ridge, solver, tol, maxiter, preconditioner,
+                                n_landmarks, seed, callback, progress):  # fmt: skip
+    """kernel_regression with a lazy kernel on either side, or with solver='cg'."""
+    from . import _cg
+    from ._progress import check_progress
+
+    owner = "kernel_regression"
+    if _is_lazy(kk):
+        if not kk.symmetric:
+            raise ValueError(
+                f"{owner}: k_train_train must be the symmetric kernel of the training points "
+                f"(LazyKernel(net, x_train), x2=None), got {kk!r}"
+            )
+        n = kk.shape[0]
+    else:
+        if _la.namespace(kk, y_train, None if _is_lazy(kt) else kt) is not np:
+            raise TypeError(f"{owner}: solver='cg' and lazy kernels take NumPy arrays, not CuPy arrays")
+        kk, _ = _la.kernel_matrix(np, kk, "k_train_train")
+        n = kk.shape[0]
+    y, flat = _la.targets(np, y_train, n)
+    ridge = _la.positive_real(ridge, "ridge", allow_zero=True)
+    if kt is not None:
+        if _is_lazy(kt):
+            if kt.shape[1] != n:
+                raise ValueError(
+                    f"{owner}: k_test_train must have shape (M, N) with N = {n} training points (as "
+                    f"k_train_train), got shape {kt.shape}"
+                )
+        else:
+            kt = _la.cross_kernel(np, kt, "k_test_train", n)
+    tol, maxiter, preconditioner, n_landmarks = _cg.check_options(
+        n, tol, maxiter, preconditioner, n_landmarks, owner
+    )
+    if callback is not None and not callable(callback):
+        raise TypeError(f"{owner}: callback must be callable or None, got {callback!r}")
+    progress = check_progress(progress)
+    if solver == "auto":
+        solver = "direct" if not _is_lazy(kk) or _cg.dense_fits(n) else "cg"
+        why = " (chosen by solver='auto': K would not fit in memory)"
+    else:
+        why = ""
+    if solver == "direct":
+        k = kk.to_dense() if _is_lazy(kk) else kk
+        fac = _la.regularized(np, k, np.finfo(np.float64).eps, ridge, True, "k_train_train")
+        del k
+        if kt is None:
+            out = fac.project(y, stacklevel=5)
+            if ridge:
+                out -= ridge * fac.solve(y, stacklevel=5)
+            return _finish(out, flat)
+        alpha = fac.solve(y, stacklevel=5)
+        return _finish(kt @ alpha, flat)
+    if ridge <= 0:
+        raise ValueError(
+            f"{owner}: solver='cg'{why} needs ridge > 0, got ridge = {ridge!r}: without a ridge the "
+            "system is as ill-conditioned as the kernel itself and conjugate gradients stall (a "
+            "singular kernel has no unique solution at all). Give a small ridge, e.g. 1e-6 times "
+            "the mean of the kernel's diagonal, or use solver='direct' (pseudo-inverse) when K fits"
+        )
+    op = kk if _is_lazy(kk) else _cg.DenseOperator(kk)
+    res = _cg.solve(
+        op, y, ridge, tol=tol, maxiter=maxiter, preconditioner=preconditioner,
+        n_landmarks=n_landmarks, seed=seed, callback=callback, progress=progress, stacklevel=4,
+    )  # fmt: skip
+    if kt is None:
+        # K alpha = y - r - ridge alpha (r the residual CG tracks): no extra pass over K.
+        return _finish(y - res.residual - ridge * res.x, flat)
+    return _finish(kt @ res.x, flat)
 
 
 # ---------------------------------------------------------------------------------------
