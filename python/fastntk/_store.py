@@ -9,8 +9,7 @@ off-diagonal block is also written transposed below the diagonal, so the result 
 exactly symmetric and the N x N matrix is never held in memory.
 
 Values. The native driver runs every block with square tiles of a fixed side
-(``Plan.tile``, 256 unless memory is tighter) and every block boundary is a multiple of
-it, so every BLAS call has the shape it would have in one whole computation with that
+(``TILE`` = 256) and every block boundary is a multiple of it, so every BLAS call has the shape it would have in one whole computation with that
 tile side: a block's values do not depend on which other blocks exist, on the block size
 (``memory_limit``), on the thread count, or on whether the run was interrupted and
 resumed. They agree with the in-memory ``net.kernel(x1, x2)`` (whose tiles are shaped
@@ -59,10 +58,9 @@ DONE_DIR = "done"
 # (the point tables, a BLAS call's packing) negligible, and 1 GiB leaves room beside the
 # inputs on any machine that would run such a kernel.
 DEFAULT_MEMORY_LIMIT = 1 << 30
-# The native tile side of the blocked path; the driver's own preferred tile is 256 rows.
+# The native tile side of the blocked path (the driver's own preferred tile is 256 rows):
+# fixed, so that no block size and no thread count changes a value (see the docstring).
 TILE = 256
-# The smallest tile side memory_limit may force (below it the BLAS calls are all overhead).
-MIN_TILE = 8
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _UNITS.update({u + "b": v for u, v in list(_UNITS.items()) if u not in ("", "b")})
@@ -155,12 +153,10 @@ def make_plan(n1: int, n2: int, symmetric: bool, n_out: int, memory_limit: int) 
     full-width row strips when a strip of one tile's rows fits, else square blocks."""
     per_entry = 8 * n_out
     tile = TILE
-    while tile > MIN_TILE and per_entry * tile * tile > memory_limit:
-        tile //= 2
     if per_entry * tile * tile > memory_limit:
         raise ValueError(
-            f"memory_limit={memory_limit} bytes is too small: the smallest block ({tile} x {tile} "
-            f"entries for {n_out} kernel{'s' if n_out > 1 else ''}) needs {per_entry * tile * tile} bytes"
+            f"memory_limit={memory_limit} bytes is too small: the smallest block ({tile} x {tile} entries "
+            f"for {n_out} kernel{'s' if n_out > 1 else ''}) needs {per_entry * tile * tile} bytes"
         )
 
     def multiple(n: int, cap: int) -> int:  # n rounded down to a multiple of tile, in [tile, cap]
@@ -178,12 +174,6 @@ def make_plan(n1: int, n2: int, symmetric: bool, n_out: int, memory_limit: int) 
 # Targets: where the blocks go
 
 
-def _zarr_array_type():
-    try:
-        import zarr
-    except ImportError:
-        return None
-    return zarr.Array
 
 
 def _is_zarr(x) -> bool:

@@ -100,12 +100,14 @@ class Network:
             call after a crash (even SIGKILL) computes only the blocks not yet recorded and
             gives a bit-identical result; a store made for another network, other inputs,
             another ``get`` or another fastntk version is refused with a message naming the
-            difference. The values of the blocked computation do not depend on the block
-            size or the thread count; they agree with the in-memory kernel to round-off
+            difference. The values of the blocked computation do not depend on
+            ``memory_limit``, the thread count or a resumption (every block runs with the
+            same 256 x 256 native tiles); they agree with the in-memory kernel to round-off
             (~1e-15 relative). Not with ``every_layer``.
         memory_limit : int or str, optional
             With ``out``: the bytes the block buffers may take (the working memory beyond
-            the inputs and ``out``), e.g. ``2**30`` or ``"2GB"``, ``"512MiB"``; default 1 GiB.
+            the inputs and ``out``), e.g. ``2**30`` or ``"2GB"``, ``"512MiB"``; default 1 GiB,
+            at least 0.5 MiB per kernel (one block of 256 x 256 entries).
             Shapes need not divide anything. Resuming a store keeps its blocks, and refuses
             when they need more than a ``memory_limit`` given now.
         progress : bool, optional
