@@ -174,8 +174,6 @@ def make_plan(n1: int, n2: int, symmetric: bool, n_out: int, memory_limit: int) 
 # Targets: where the blocks go
 
 
-
-
 def _is_zarr(x) -> bool:
     return type(x).__module__.split(".")[0] == "zarr"
 
