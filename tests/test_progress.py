@@ -70,3 +70,17 @@ def test_fastntk_run_shows_its_stages(terminal, tmp_path, capsys):
 def test_fastntk_run_without_a_bar(terminal, tmp_path, capsys, flag):
     assert main([*RUN, "--out", str(tmp_path), flag]) == 0
     assert "fastntk run" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("integrator", ["scipy", "rk4"])
+def test_gradient_descent_integration_shows_a_bar_in_a_terminal(terminal, capsys, integrator):
+    from fastntk import predict
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((20, 20))
+    k = a @ a.T / 20 + np.eye(20)
+    y = rng.standard_normal((20, 1))
+    fn = predict.gradient_descent("mse", k, y, integrator=integrator)
+    fn(np.array([0.5, 2.0]), np.zeros((20, 1)))
+    err = capsys.readouterr().err
+    assert "gradient_descent" in err and "100/100" in err
