@@ -146,7 +146,8 @@ class Plan:
 
 
 def make_plan(n1: int, n2: int, symmetric: bool, n_out: int, memory_limit: int) -> Plan:
-    """The tiling whose block buffers (n_out float64 blocks) fit in memory_limit bytes.
+    """The tiling whose block buffers (n_out float64 blocks: one per kernel, plus one for a
+    target that copies a mirrored block) fit in memory_limit bytes.
 
     Block sides are multiples of the tile (see the module docstring). Symmetric outputs
     get square blocks (the diagonal blocks are the native symmetric call); otherwise
@@ -521,7 +522,9 @@ def kernel_into(net, a1, a2, names, out, *, memory_limit=None, progress=None):
         targets = targets_from_out(out, names, (n1, n2))
         _check_out_targets(targets)
         store = None
-        plan = make_plan(n1, n2, a2 is None, len(names), limit)
+        # zarr takes a mirrored block as a contiguous copy: one more block buffer.
+        mirror_copy = a2 is None and any(not t.numpy for t in targets.values())
+        plan = make_plan(n1, n2, a2 is None, len(names) + mirror_copy, limit)
         done = set()
     run_blocks(prog, a1, a2, plan, targets, store, done, progress, net.layers)
     return {n: t.array for n, t in targets.items()}
