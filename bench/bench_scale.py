@@ -87,7 +87,8 @@ def _blocks(store: Path) -> int:
 def _total_blocks(n: int, limit) -> int:
     from fastntk import _store
 
-    return len(_store.make_plan(n, n, True, 1, _store.parse_memory_limit(limit)).blocks())
+    # One kernel: two block buffers (one computed while the other is written).
+    return len(_store.make_plan(n, n, True, 2, _store.parse_memory_limit(limit)).blocks())
 
 
 def memmap(args) -> dict:

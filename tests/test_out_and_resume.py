@@ -26,9 +26,9 @@ from specs import mlp, to_fastntk
 
 SPEC = mlp("relu", depth=3, W_std=1.4, b_std=0.1)
 ROOT = Path(__file__).resolve().parent.parent
-# One block of 256 x 256 entries for two kernels: the smallest limit, so that small test
-# sizes already have many blocks.
-SMALL = 2 * 8 * 256 * 256
+# Blocks of 256 x 256 entries for two kernels (two buffers each: one computed while the
+# other is written): the smallest limit, so that small test sizes already have many blocks.
+SMALL = 4 * 8 * 256 * 256
 
 
 @pytest.fixture
@@ -120,9 +120,9 @@ def test_memory_limit_bounds_the_blocks(net, rng, tmp_path, monkeypatch):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # One kernel: blocks of 256 x 256 at most (the next multiple of the tile, 512, does not
-    # fit); the upper triangle of a 6 x 6 grid of blocks.
-    assert max(r * c for r, c in shapes) * 8 <= limit
+    # One kernel, two buffers: blocks of 256 x 256 at most (the next multiple of the tile,
+    # 512, does not fit); the upper triangle of a 6 x 6 grid of blocks.
+    assert 2 * max(r * c for r, c in shapes) * 8 <= limit
     assert len(shapes) == 21
     # NumPy's allocations (the block buffer, the blocks' row slices are views) stay within the
     # limit plus small change, while the output is 18 MB.
@@ -194,8 +194,8 @@ def test_store_refuses_another_computation(net, rng, tmp_path, change, field):
 def test_store_refuses_blocks_over_the_new_memory_limit(net, rng, tmp_path):
     x = rng.standard_normal((600, 4))
     path = tmp_path / "k"
-    net.kernel(x, get="ntk", out=path, memory_limit="8MiB")  # one block (a side of 3 tiles, 768)
-    with pytest.raises(ValueError, match=r"tiled in blocks of 768 x 768.*memory_limit >= 2880000"):
+    net.kernel(x, get="ntk", out=path, memory_limit="16MiB")  # one block (a side of 3 tiles, 768)
+    with pytest.raises(ValueError, match=r"tiled in blocks of 768 x 768.*memory_limit >= 5760000"):
         net.kernel(x, get="ntk", out=path, memory_limit=SMALL)
 
 

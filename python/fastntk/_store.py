@@ -145,19 +145,20 @@ class Plan:
         return {"tile": self.tile, "block_rows": self.block_rows, "block_cols": self.block_cols}
 
 
-def make_plan(n1: int, n2: int, symmetric: bool, n_out: int, memory_limit: int) -> Plan:
-    """The tiling whose block buffers (n_out float64 blocks: one per kernel, plus one for a
-    target that copies a mirrored block) fit in memory_limit bytes.
+def make_plan(n1: int, n2: int, symmetric: bool, n_buffers: int, memory_limit: int) -> Plan:
+    """The tiling whose n_buffers float64 block buffers fit in memory_limit bytes (two per
+    kernel, see run_blocks, plus one for a target that copies a mirrored block).
 
     Block sides are multiples of the tile (see the module docstring). Symmetric outputs
     get square blocks (the diagonal blocks are the native symmetric call); otherwise
     full-width row strips when a strip of one tile's rows fits, else square blocks."""
-    per_entry = 8 * n_out
+    per_entry = 8 * n_buffers
     tile = TILE
     if per_entry * tile * tile > memory_limit:
         raise ValueError(
-            f"memory_limit={memory_limit} bytes is too small: the smallest block ({tile} x {tile} entries "
-            f"for {n_out} kernel{'s' if n_out > 1 else ''}) needs {per_entry * tile * tile} bytes"
+            f"memory_limit={memory_limit} bytes is too small: the smallest blocks ({tile} x {tile} float64 "
+            f"entries, {n_buffers} block buffers: two per kernel, computed and written in turn) need "
+            f"{per_entry * tile * tile} bytes"
         )
 
     def multiple(n: int, cap: int) -> int:  # n rounded down to a multiple of tile, in [tile, cap]
@@ -378,7 +379,7 @@ class Store:
             )
         store = cls(path, meta, {})
         plan = store.plan()
-        need = plan.buffer_bytes(len(names))
+        need = plan.buffer_bytes(2 * len(names))
         if limit_given and need > memory_limit:
             t = meta["tiling"]
             raise ValueError(
@@ -414,7 +415,7 @@ class Store:
                     f"out: {path} exists and is not a fastntk store (it holds {foreign[:3]}); use a new path"
                 )
         n1, n2 = fp["shape"]
-        plan = make_plan(n1, n2, fp["x2"] == "x1 (symmetric)", len(names), memory_limit)
+        plan = make_plan(n1, n2, fp["x2"] == "x1 (symmetric)", 2 * len(names), memory_limit)
         meta = {
             "format": STORE_FORMAT,
             "version": STORE_VERSION,
@@ -524,7 +525,7 @@ def kernel_into(net, a1, a2, names, out, *, memory_limit=None, progress=None):
         store = None
         # zarr takes a mirrored block as a contiguous copy: one more block buffer.
         mirror_copy = a2 is None and any(not t.numpy for t in targets.values())
-        plan = make_plan(n1, n2, a2 is None, len(names) + mirror_copy, limit)
+        plan = make_plan(n1, n2, a2 is None, 2 * len(names) + mirror_copy, limit)
         done = set()
     run_blocks(prog, a1, a2, plan, targets, store, done, progress, net.layers)
     return {n: t.array for n, t in targets.items()}
@@ -533,37 +534,38 @@ def kernel_into(net, a1, a2, names, out, *, memory_limit=None, progress=None):
 def run_blocks(
     prog, a1, a2, plan: Plan, targets: dict, store: Store | None, done: set, progress, layers
 ) -> None:
-    """Computes the blocks of plan not in done into targets; with a store, each finished
-    block is recorded (data synced, then its marker) by a background thread while the
-    next block is computed."""
+    """Computes the blocks of plan not in done into targets.
+
+    A pipeline of two stages: the native core computes block k into one set of block
+    buffers while a writer thread writes block k - 1 from the other set (and, with a store,
+    syncs it to disk and records it), so the copies, page faults and disk waits of the
+    writes overlap the computation. At most one write is in flight."""
     blocks = plan.blocks()
     todo = [b for b in blocks if b.key not in done]
-    buffers = {}  # name -> flat float64 buffer of the largest block, allocated on first need
+    sets = ({}, {})  # name -> flat float64 buffer of the largest block, allocated on first need
     n_done = len(blocks) - len(todo)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if store is not None else None
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastntk-writer")
     pending = None
 
-    def settle():
+    def settle(bar):
         nonlocal pending, n_done
         if pending is not None:
             try:
                 pending.result()
-            except OSError as exc:
-                raise _io_error(
-                    exc, f"recording a finished block in {store.done_dir}", store, n_done
-                ) from exc
             finally:
                 pending = None
             n_done += 1
+            bar.update(1)
 
     try:
         with progress_bar(len(blocks), "kernel", progress, unit="block", initial=n_done) as bar:
-            for b in todo:
+            for k, b in enumerate(todo):
                 outs, direct = {}, {}
                 for n, t in targets.items():
                     view = t.direct(b)
                     direct[n] = view is not None
                     if view is None:
+                        buffers = sets[k % 2]
                         if n not in buffers:
                             buffers[n] = np.empty(plan.buffer_bytes(1) // 8)
                         view = buffers[n][: (b.i1 - b.i0) * (b.j1 - b.j0)].reshape(b.i1 - b.i0, b.j1 - b.j0)
@@ -579,32 +581,37 @@ def run_blocks(
                     raise FloatingPointError(
                         f"{exc} (indices within the block of rows {b.i0}:{b.i1}, columns {b.j0}:{b.j1})"
                     ) from exc
-                settle()  # the previous block's record, before this block touches the disk
-                try:
-                    for n, t in targets.items():
-                        if not direct[n]:
-                            write_block(t, b, outs[n])
-                        if plan.symmetric and not b.diagonal:
-                            write_block(t, b, outs[n], transposed=True)
-                except OSError as exc:
-                    where = store.path if store is not None else "out"
-                    raise _io_error(
-                        exc, f"writing block {b.key} of the kernel to {where}", store, n_done
-                    ) from exc
-                if store is not None:
-                    pending = pool.submit(store.mark_done, b.key)
-                else:
-                    n_done += 1
-                bar.update(1)
-            settle()
+                settle(bar)  # block k - 1 written: its buffers are free for block k + 1
+                pending = pool.submit(_finish_block, plan, targets, store, b, outs, direct, n_done)
+            settle(bar)
     finally:
-        if pool is not None:
-            if pending is not None:  # record a finished block even when stopping on an error
-                try:
-                    pending.result()
-                except OSError:
-                    pass
-            pool.shutdown(wait=True)
+        if pending is not None:  # a finished block is written and recorded even when stopping
+            try:
+                pending.result()
+            except OSError:
+                pass
+        pool.shutdown(wait=True)
+
+
+def _finish_block(
+    plan: Plan, targets: dict, store: Store | None, b: Block, outs: dict, direct: dict, n_done: int
+):
+    """The writer thread's part of a block: its data into the targets (and the mirror below
+    the diagonal), then, with a store, the data synced and the block recorded."""
+    try:
+        for n, t in targets.items():
+            if not direct[n]:
+                write_block(t, b, outs[n])
+            if plan.symmetric and not b.diagonal:
+                write_block(t, b, outs[n], transposed=True)
+    except OSError as exc:
+        where = store.path if store is not None else "out"
+        raise _io_error(exc, f"writing block {b.key} of the kernel to {where}", store, n_done) from exc
+    if store is not None:
+        try:
+            store.mark_done(b.key)
+        except OSError as exc:
+            raise _io_error(exc, f"recording a finished block in {store.done_dir}", store, n_done) from exc
 
 
 def write_block(target: Target, b: Block, buf: np.ndarray, transposed: bool = False) -> None:
