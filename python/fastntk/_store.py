@@ -8,12 +8,18 @@ written. For x2=None only the blocks on and above the diagonal are computed; eac
 off-diagonal block is also written transposed below the diagonal, so the result is
 exactly symmetric and the N x N matrix is never held in memory.
 
+Memory. Two sets of block buffers (one per kernel each) take at most ``memory_limit``:
+the native core computes block k into one set while a writer thread writes block k - 1
+from the other (and, with a store, syncs and records it), so that the copies, page
+faults and disk waits of the writes overlap the computation.
+
 Values. The native driver runs every block with square tiles of a fixed side
-(``TILE`` = 256) and every block boundary is a multiple of it, so every BLAS call has the shape it would have in one whole computation with that
-tile side: a block's values do not depend on which other blocks exist, on the block size
-(``memory_limit``), on the thread count, or on whether the run was interrupted and
-resumed. They agree with the in-memory ``net.kernel(x1, x2)`` (whose tiles are shaped
-for speed, not fixed) to round-off, ~1e-15 relative.
+(``TILE`` = 256) and every block boundary is a multiple of it, so every BLAS call has
+the shape it would have in one whole computation with that tile side: a block's values
+do not depend on which other blocks exist, on the block size (``memory_limit``), on the
+thread count, or on whether the run was interrupted and resumed. They agree with the
+in-memory ``net.kernel(x1, x2)`` (whose tiles are shaped for speed, not fixed) to
+round-off, ~1e-15 relative.
 
 The resumable store (``out`` a path) is a directory::
 
@@ -208,7 +214,8 @@ class Target:
         if not self.numpy or self.array.dtype != np.float64:
             return None
         view = self.array[b.i0 : b.i1, b.j0 : b.j1]
-        return view if view.flags.c_contiguous and view.flags.writeable else None
+        flags = view.flags
+        return view if flags.c_contiguous and flags.writeable and flags.aligned else None
 
     def write(self, b: Block, buf: np.ndarray) -> None:
         self.array[b.i0 : b.i1, b.j0 : b.j1] = buf
