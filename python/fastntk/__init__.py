@@ -77,7 +77,7 @@ from .layers import (  # noqa: E402
 from .network import Network, serial  # noqa: E402
 from .training import Linearized, TrainResult, linearize, train_mse  # noqa: E402
 
-from . import predict, training  # noqa: E402  (isort: skip)
+from . import predict, theory, training  # noqa: E402  (isort: skip)
 
 
 def build_info() -> dict:
@@ -122,6 +122,7 @@ __all__ = [
     "predict",
     "serial",
     "set_num_threads",
+    "theory",
     "train_mse",
     "training",
     "__version__",

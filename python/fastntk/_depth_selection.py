@@ -1,6 +1,6 @@
 """Choosing an MLP's depth for :mod:`fastntk.sklearn`: the kernels of every candidate depth
 from one pass of the deepest network (the depth sweep), and the closed-form leave-one-out
-error of kernel ridge regression that picks among them.
+error of kernel ridge regression (:mod:`fastntk.theory`) that picks among them.
 """
 
 from __future__ import annotations
@@ -8,11 +8,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import scipy.linalg
 
 from . import _engine
-from ._predict_linalg import cholesky
 from ._sklearn_arch import mlp
+from .theory import loo_residuals_cholesky
 
 
 class LeaveOneOutWarning(RuntimeWarning):
@@ -44,36 +43,8 @@ def kernels_by_depth(arch: dict, x: np.ndarray, name: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
-# Leave-one-out error of kernel ridge regression, in closed form
-
-
-def loo_residuals(k: np.ndarray, y: np.ndarray, ridge: float):
-    """Leave-one-out residuals of kernel ridge regression with the absolute ridge ``ridge``,
-    or None when ``K + ridge I`` is not positive definite to working precision.
-
-    With A = K + ridge I and alpha = A^-1 y, the prediction at x_i of the regressor fitted
-    to the other N - 1 points (same ridge) misses y_i by exactly alpha_i / (A^-1)_ii
-    (the bordered-inverse identity: removing row and column i of A), for every output
-    column. Cost: one Cholesky, the inverse of its triangular factor, two triangular solves.
-
-    k : (N, N) float64, symmetric; y : (N, n_out) float64. Returns (N, n_out) float64.
-    """
-    n = k.shape[0]
-    a = k + ridge * np.eye(n)
-    # Refused when A is singular to working precision (LAPACK's condition estimate at or
-    # below N eps): the residuals would then be noise.
-    factor, _ = cholesky(a, n * np.finfo(np.float64).eps, lower=True)
-    if factor is None:
-        return None
-    c, lower = factor
-    alpha = scipy.linalg.cho_solve((c, lower), y, check_finite=False)
-    # diag(A^-1) = diag(L^-T L^-1): the column sums of squares of L^-1. The triangular inverse
-    # (LAPACK trtri, N^3/3 flops) is all it needs; the full inverse (potri) would cost twice that.
-    inv_l, info = scipy.linalg.lapack.dtrtri(c, lower=1)
-    if info != 0:  # pragma: no cover - trtri fails only on a zero pivot, which potrf rejected
-        return None
-    inv_l = np.tril(inv_l)  # only the triangle of the factor
-    return alpha / np.einsum("ij,ij->j", inv_l, inv_l)[:, None]
+# Scoring the candidates: the closed-form leave-one-out error of fastntk.theory, at one
+# ridge by one Cholesky (fastntk.theory.leave_one_out covers many ridges from one eigh)
 
 
 def select_depth(owner: str, kernels: dict, y2: np.ndarray, ridge: float, onehot: bool = False) -> dict:
@@ -91,7 +62,7 @@ def select_depth(owner: str, kernels: dict, y2: np.ndarray, ridge: float, onehot
     for j, depth in enumerate(depths):
         k = kernels[depth]
         lam = ridge * np.trace(k) / k.shape[0]
-        res = loo_residuals(k, y2, lam)
+        res = loo_residuals_cholesky(k, y2, lam)
         if res is None:
             warnings.warn(
                 f"{owner}: at depth {depth} the training kernel plus ridge is not positive definite to "
