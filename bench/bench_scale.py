@@ -163,6 +163,7 @@ def memmap(args) -> dict:
         "resumed_peak_rss_anon": resumed["peak_rss_anon"],
         "resumed_bit_identical_strips": identical,
         "targets": {"wall_s": 300, "peak_rss_anon": 2 * 10**9},
+        "load_average_at_end": os.getloadavg(),  # the machine's other work: timings scale with it
     }
 
 
