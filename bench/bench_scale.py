@@ -1,6 +1,6 @@
 """Benchmarks of fastntk at scale (issue "Scale"), by section:
 
-    python bench/bench_scale.py --section memmap [--n 60000] [--dir DIR] [--json FILE]
+    python bench/bench_scale.py [--section memmap] [--quick] [--n 60000] [--dir DIR] [--json FILE]
 
 memmap: the MNIST-sized kernel that runs out of memory elsewhere: x2=None, N=60,000, d=784,
   a depth-3 ReLU MLP's NTK (float64) written by ``net.kernel(x, get='ntk', out=DIR/store)``
@@ -13,7 +13,8 @@ memmap: the MNIST-sized kernel that runs out of memory elsewhere: x2=None, N=60,
        time, blocks computed, peak RssAnon), and its result is checked bit for bit against
        run 1 on row strips from both halves (the whole 28.8 GB is not kept twice).
   The store is deleted at the end (the disk must have room for one store; the script
-  refuses to start otherwise). ``--n 8000`` is a smoke test of a few seconds.
+  refuses to start otherwise). ``--quick`` (N=4000, 36 blocks) is a smoke test of a few seconds. The
+  60k case takes ~30 minutes on 2 heavily loaded cores (three runs); see the targets below.
 
 The JSON goes to bench/results/scale.json under the section's key (other sections kept).
 Targets (issue): under 5 minutes and peak anonymous memory under 2 GB for the 60k kernel.
@@ -198,15 +199,25 @@ def main() -> None:
     p.add_argument(
         "--section", action="append", choices=sorted(SECTIONS), help="sections to run (default: all)"
     )
-    p.add_argument("--n", type=int, default=60000, help="memmap: the number of points (default 60000)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test of a few seconds (memmap: N=4000, memory_limit 8MiB); no JSON unless --json",
+    )
+    p.add_argument("--n", type=int, default=None, help="memmap: the number of points (default 60000)")
     p.add_argument("--d", type=int, default=784, help="memmap: the input dimension (default 784)")
     p.add_argument("--memory-limit", default=None, help="memmap: net.kernel's memory_limit (default: 1 GiB)")
     p.add_argument(
         "--dir", default=None, help="memmap: where the store goes (default: the temporary directory)"
     )
-    p.add_argument("--json", default=JSON_NAME, help=f"file in bench/results (default {JSON_NAME})")
+    p.add_argument("--json", default=None, help=f"file in bench/results (default {JSON_NAME})")
     args = p.parse_args()
-    path = RESULTS / args.json
+    if args.n is None:
+        args.n = 4000 if args.quick else 60000
+    if args.quick and args.memory_limit is None:
+        args.memory_limit = "8MiB"  # blocks of 512: enough of them to kill the run halfway
+    json_name = args.json or (None if args.quick else JSON_NAME)
+    path = RESULTS / (json_name or JSON_NAME)
     payload = json.loads(path.read_text()) if path.exists() else {}
     payload["machine"] = machine()
     for name in args.section or sorted(SECTIONS):
@@ -214,7 +225,8 @@ def main() -> None:
         result = run(args)
         payload[name] = result
         print(table(result))
-    print(f"\nJSON: {write_json(args.json, payload)}")
+    if json_name:
+        print(f"\nJSON: {write_json(json_name, payload)}")
 
 
 if __name__ == "__main__":
