@@ -72,7 +72,13 @@ def test_non_real_dtypes(net):
         net.kernel(np.array([["a", "b"]]))
 
 
-def test_cupy_like_input_without_cuda(net):
+def test_cupy_like_input_without_cuda(net, monkeypatch):
+    from fastntk import _cuda_backend
+
+    # As a build without the CUDA backend (this one may have it, with or without a GPU).
+    monkeypatch.setattr(_cuda_backend, "_loaded", True)
+    monkeypatch.setattr(_cuda_backend, "_module", None)
+
     class FakeCupy:  # an object whose type lives in a module named cupy
         pass
 

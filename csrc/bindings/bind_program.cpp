@@ -54,5 +54,11 @@ void bind_program(py::module_& m) {
           },
           "For each op, whether it is a Dense layer.")
       .def_property_readonly("n_activations", &Program::n_activations)
+      .def_property_readonly(
+          "ops_bytes",
+          [](const Program& p) {
+            return py::bytes(reinterpret_cast<const char*>(p.ops().data()), p.ops().size() * sizeof(fastntk::Op));
+          },
+          "The ops as raw bytes (trivially copyable structs), what the CUDA backend copies to the device.")
       .def_property_readonly("coefficients", &Program::coef, "The coefficient pool of the polynomial activations.");
 }

@@ -50,7 +50,7 @@ def _load_blas() -> None:
 _load_blas()
 
 from . import _engine  # noqa: E402  (isort: skip)  the native module, loaded after the BLAS
-from ._engine import get_num_threads, set_num_threads  # noqa: E402
+from ._engine import get_default_device, get_num_threads, set_default_device, set_num_threads  # noqa: E402
 from .architectures import mlp  # noqa: E402
 from .empirical import monte_carlo_kernel  # noqa: E402
 from .interop import from_torch  # noqa: E402
@@ -86,8 +86,10 @@ def build_info() -> dict:
 
 
 def has_cuda() -> bool:
-    """True if this build has the CUDA backend (and can therefore take CuPy arrays)."""
-    return bool(_engine.build_info()["cuda"])
+    """True if this build has the CUDA backend (``build_info()['cuda']``) and a CUDA device is
+    present: then ``net.kernel`` takes CuPy arrays, and ``device='cuda'`` runs NumPy inputs on
+    the GPU. CuPy itself is needed for either (an ImportError says how to install it)."""
+    return _engine.has_cuda()
 
 
 __all__ = [
@@ -114,6 +116,7 @@ __all__ = [
     "TrainResult",
     "build_info",
     "from_torch",
+    "get_default_device",
     "get_num_threads",
     "has_cuda",
     "linearize",
@@ -121,6 +124,7 @@ __all__ = [
     "monte_carlo_kernel",
     "predict",
     "serial",
+    "set_default_device",
     "set_num_threads",
     "theory",
     "train_mse",

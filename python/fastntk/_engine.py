@@ -4,8 +4,11 @@ The rest of the package speaks to the drivers only through these functions:
 
 - layer programs: :func:`program` (a network's, cached per input dimension) and
   :func:`build_program` (any layer sequence, with the NTK-only bias scikit-ntk's kernel needs);
-- inputs: :func:`as_input` and :func:`inputs`, the single point where NumPy or CuPy arrays
-  are dispatched (CuPy arrays are refused with a clear message until a CUDA driver exists);
+- inputs: :func:`as_input` and :func:`inputs` (NumPy, for the CPU drivers), and
+  :func:`kernel_inputs`, the single point where NumPy or CuPy arrays are dispatched between
+  the OpenMP driver and the CUDA backend (:mod:`fastntk._cuda_backend`, which loads
+  ``fastntk._cuda`` lazily: ``import fastntk`` needs no GPU, driver or CuPy);
+- devices: :func:`set_default_device`, :func:`get_default_device`, :func:`has_cuda`;
 - analytic kernels: :func:`gram` (final kernels, every-layer captures, derivative seeds),
   :func:`every_layer`, :func:`diagonal`, :func:`dense_seeds`;
 - finite networks: :func:`empirical_gram` and :func:`matmul`;
@@ -25,6 +28,7 @@ import weakref
 import numpy as np
 
 from . import _arrays, _core
+from . import _cuda_backend as _gpu
 from ._args import all_finite
 
 # The largest degree of Monomial and RectifiedMonomial: fastntk::kMaxDegree of the native
@@ -37,8 +41,39 @@ MAX_DEGREE = int(_core.MAX_DEGREE)
 
 
 def build_info() -> dict:
-    """What the native module was built with (a fresh dict)."""
-    return dict(_core.build_info())
+    """What the native modules were built with (a fresh dict); ``cuda_build`` is True when
+    this build has the CUDA backend, ``cuda`` when it also finds a device (as
+    :func:`has_cuda`), and ``cuda_devices`` names the GPUs it sees."""
+    info = dict(_core.build_info())
+    info.update(_gpu.info())
+    return info
+
+
+def has_cuda() -> bool:
+    """True when the CUDA backend is built and a CUDA device is present."""
+    return _gpu.available()
+
+
+_DEVICES = ("cpu", "cuda")
+_default_device = "cpu"
+
+
+def _check_device(device, name: str = "device") -> str:
+    if not isinstance(device, str) or device.lower() not in _DEVICES:
+        raise ValueError(f"{name} must be 'cpu' or 'cuda', got {device!r}")
+    return device.lower()
+
+
+def set_default_device(device: str) -> None:
+    """Where NumPy inputs are computed when an entry point gets no ``device``: 'cpu' (the
+    default) or 'cuda' (the GPU, NumPy results). CuPy inputs always run on their device."""
+    global _default_device
+    _default_device = _check_device(device)
+
+
+def get_default_device() -> str:
+    """The device of :func:`set_default_device`."""
+    return _default_device
 
 
 _n_threads = 0  # 0: OpenMP's default (OMP_NUM_THREADS, else the number of cores)
@@ -68,14 +103,76 @@ def get_num_threads() -> int:
 
 def as_input(x, name: str) -> np.ndarray:
     """x as a C-contiguous float64 NumPy array (N, d), d >= 1, all finite (see
-    :func:`fastntk._arrays.as_input`). CuPy arrays are refused here, the one place a CUDA
-    driver will take them."""
-    if _arrays.is_cupy(x):
+    :func:`fastntk._arrays.as_input`), for the CPU drivers. Device (CuPy) arrays are refused
+    here; :func:`kernel_inputs` is where the analytic kernels take them."""
+    if _gpu.is_device_array(x):
+        if not _gpu.built():
+            raise TypeError(
+                f"{name} is a CuPy array, but {_gpu.REBUILD}; or pass a NumPy array ({name}.get())"
+            )
         raise TypeError(
-            f"{name} is a CuPy array, but fastntk was built without CUDA; pass a NumPy array "
-            f"({name}.get()) or install a CUDA build (see fastntk.build_info())"
+            f"{name} is a CuPy (CUDA) array, but this function takes NumPy arrays only; pass {name}.get()"
         )
     return _arrays.as_input(x, name)
+
+
+def kernel_inputs(x1, x2, device=None, names=("x1", "x2")):
+    """(a1, a2, to_host): the inputs of an analytic kernel, checked and placed.
+
+    - NumPy inputs, device 'cpu' (or None with the default 'cpu'): float64 NumPy arrays for
+      the OpenMP driver, to_host False.
+    - NumPy inputs, device 'cuda': CuPy copies on the current device (float32 kept, other
+      dtypes float64), to_host True (the results come back as NumPy arrays).
+    - CuPy (or ``__cuda_array_interface__``) inputs: CuPy arrays on their device, to_host
+      False (CuPy results on that device and CuPy's current stream). ``device='cpu'`` with
+      them is an error.
+
+    a2 is None for x1's own Gram (x2 None or x2 is x1). Mixed NumPy and CuPy inputs, inputs
+    on two devices, a build without CUDA and a missing CuPy raise before any work.
+    """
+    explicit = device is not None
+    device = _check_device(device) if explicit else _default_device
+    same = x2 is None or x2 is x1
+    on_device = _gpu.is_device_array(x1), (not same) and _gpu.is_device_array(x2)
+    if not same and on_device[0] != on_device[1]:
+        dev, host = (names[0], names[1]) if on_device[0] else (names[1], names[0])
+        raise TypeError(
+            f"{dev} is a CuPy (CUDA) array but {host} is a NumPy array: pass both on the GPU "
+            f"(cupy.asarray({host})) or both on the host ({dev}.get())"
+        )
+    if not on_device[0] and device == "cpu":
+        a1, a2 = inputs(x1, x2, names)
+        return a1, a2, False
+    if on_device[0] and explicit and device == "cpu":
+        raise ValueError(
+            f"device='cpu' but {names[0]} is a CuPy (CUDA) array: pass NumPy arrays ({names[0]}.get()) to "
+            "compute on the CPU, or leave device unset to compute on the array's GPU"
+        )
+    what = f"{names[0]} is a CuPy array" if on_device[0] else "device='cuda' was requested"
+    _gpu.require(what)
+    cp = _gpu.cupy()
+    if on_device[0]:
+        a1 = _gpu.device_input(x1, names[0], cp)
+        a2 = None if same else _gpu.device_input(x2, names[1], cp)
+        _gpu.same_device(a1, a2, names)
+    else:
+        h1 = _gpu.host_input(x1, names[0])
+        h2 = None if same else _gpu.host_input(x2, names[1])
+        a1 = cp.asarray(h1)
+        a2 = None if h2 is None else cp.asarray(h2)
+    if a2 is not None and a2.shape[1] != a1.shape[1]:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same number of features: {names[0]} has shape "
+            f"{a1.shape}, {names[1]} has shape {a2.shape}"
+        )
+    with a1.device:
+        a1, a2 = _gpu.common_dtype(a1, a2, cp)
+    return a1, a2, not on_device[0]
+
+
+def on_gpu(a) -> bool:
+    """True for an input placed on the GPU by :func:`kernel_inputs`."""
+    return _arrays.is_cupy(a)
 
 
 def inputs(x1, x2, names=("x1", "x2")):
@@ -152,8 +249,10 @@ def dense_seeds(prog, directions) -> np.ndarray:
 # Analytic kernels
 
 
-def gram(prog, a1, a2, names, *, capture_after=(), seeds=None, layers=None) -> dict:
-    """The native Gram on checked inputs (from :func:`inputs`): {name: array}.
+def gram(prog, a1, a2, names, *, capture_after=(), seeds=None, layers=None, to_host=False) -> dict:
+    """The native Gram on checked inputs (from :func:`inputs` or :func:`kernel_inputs`):
+    {name: array}. CuPy inputs run on the GPU: CuPy outputs, or NumPy ones with
+    ``to_host`` (from :func:`kernel_inputs`).
 
     Plain (N1, N2) arrays for the final kernels; (captures, 1 + directions, N1, N2) with
     ``capture_after`` (op indices) or ``seeds`` (n_ops, directions, 3; see
@@ -168,10 +267,26 @@ def gram(prog, a1, a2, names, *, capture_after=(), seeds=None, layers=None) -> d
         if plain
         else (max(len(capture_after), 1), 1 + (0 if seeds is None else seeds.shape[1]), n1, n2)
     )
+    if on_gpu(a1):
+        outs, finite = _gpu.gram(
+            prog, a1, a2, names, capture_after=capture_after, seeds=seeds, to_host=to_host
+        )
+        if not finite:
+            h1, h2 = _host_float64(a1), None if a2 is None else _host_float64(a2)
+            check_kernels(prog, h1, h2, {n: _host(o) for n, o in outs.items()}, layers)
+        return outs
     outs = _arrays.empty_kernels(names, shape)
     if not _native_gram(prog, a1, a2, outs, capture_after, seeds):
         check_kernels(prog, a1, a2, outs, layers)
     return outs
+
+
+def _host(a) -> np.ndarray:
+    return a.get() if on_gpu(a) else np.asarray(a)
+
+
+def _host_float64(a) -> np.ndarray:
+    return np.ascontiguousarray(_host(a), dtype=np.float64)
 
 
 def _native_gram(prog, a1, a2, outs: dict, capture_after=(), seeds=None) -> bool:
@@ -203,7 +318,7 @@ def gram_into(prog, a1, a2, outs: dict, *, tile: int, layers=None) -> None:
         check_kernels(prog, a1, a2, outs, layers)
 
 
-def every_layer(net, a1, a2, names) -> dict:
+def every_layer(net, a1, a2, names, to_host=False) -> dict:
     """{name: (len(net.layers), N1, N2)}: the kernels after every layer, from one pass (see
     :meth:`fastntk.Network.kernel`)."""
     prog = program(net, a1.shape[1])
@@ -213,13 +328,19 @@ def every_layer(net, a1, a2, names) -> dict:
     if not captures:  # no ops at all: every entry is the input kernel
         raw = {n: None for n in names}
     else:
-        raw = gram(prog, a1, a2, names, capture_after=captures, layers=net.layers)
+        raw = gram(prog, a1, a2, names, capture_after=captures, layers=net.layers, to_host=to_host)
         if len(captures) == n_layers:  # one op group per layer: the captures are the answer
             return {n: raw[n][:, 0] for n in names}
     where = {k: c for c, k in enumerate(captures)}
     n1 = a1.shape[0]
     n2 = n1 if a2 is None else a2.shape[0]
-    outs = _arrays.empty_kernels(names, (n_layers, n1, n2))
+    if on_gpu(a1):  # the layers without ops are filled on the device, or on the host with to_host
+        xp = np if to_host else _gpu.cupy()
+        outs = {n: xp.empty((n_layers, n1, n2), dtype=a1.dtype) for n in names}
+        a1 = _host(a1) if to_host else a1
+        a2 = None if a2 is None else (_host(a2) if to_host else a2)
+    else:
+        outs = _arrays.empty_kernels(names, (n_layers, n1, n2))
     current = None  # the capture holding the kernel so far; None: the input kernel
     for layer in range(n_layers):
         if layer in last_op:
@@ -235,7 +356,17 @@ def every_layer(net, a1, a2, names) -> dict:
 
 
 def diagonal(prog, a, layers=None):
-    """(nngp, ntk): the diagonals k(x, x) of the rows of a checked input, O(N (d + layers))."""
+    """(nngp, ntk): the diagonals k(x, x) of the rows of a checked input, O(N (d + layers));
+    CuPy in (from :func:`kernel_inputs`), CuPy out."""
+    if on_gpu(a):
+        nngp, ntk, finite = _gpu.diagonal(prog, a)
+        if not finite:
+            nngp_h, ntk_h = _host(nngp), _host(ntk)
+            bad = np.flatnonzero(~(np.isfinite(nngp_h) & np.isfinite(ntk_h)))[0]
+            raise _non_finite_error(
+                prog, _host_float64(a), None, int(bad), int(bad), layers, "kernel diagonal"
+            )
+        return nngp, ntk
     nngp, ntk = _core.ntk_diag(prog, a, n_threads=get_num_threads())
     if not (all_finite(nngp) and all_finite(ntk)):
         bad = np.flatnonzero(~(np.isfinite(nngp) & np.isfinite(ntk)))[0]
@@ -320,6 +451,36 @@ def _non_finite_error(prog, a1, a2, i: int, j: int, layers, what: str) -> Floati
 
 # ---------------------------------------------------------------------------------------
 # Finite networks
+
+
+def empirical_on_gpu(x1, x2) -> bool:
+    """True when the empirical kernels of (x1, x2) go to the GPU path (device arrays)."""
+    return _gpu.is_device_array(x1) or (x2 is not None and _gpu.is_device_array(x2))
+
+
+def empirical_gpu(net, params, x1, x2, names, trace_axes) -> dict:
+    """The empirical kernels on CuPy inputs (see :mod:`fastntk._cuda_empirical`): {name:
+    CuPy array} on x1's device, float64; the checks and errors of the CPU path."""
+    from . import _cuda_empirical  # noqa: PLC0415
+    from ._finite import non_finite_error  # noqa: PLC0415
+    from .empirical import parse_trace_axes  # noqa: PLC0415
+
+    trace = parse_trace_axes(trace_axes)
+    a1, a2, _ = kernel_inputs(x1, x2)
+    cp = _gpu.cupy()
+    with a1.device:
+        a1 = a1.astype(cp.float64, copy=False)
+        a2 = None if a2 is None else a2.astype(cp.float64, copy=False)
+    outs = _cuda_empirical.kernels(net, params, a1, a2, names, trace)
+    for name, out in outs.items():
+        if not all_finite(out, cp):
+            from ._finite import check_params  # noqa: PLC0415
+
+            host = check_params(net, [p if not p else tuple(_host(v) if v is not None else None for v in p)
+                                      for p in params])[0]  # fmt: skip
+            inputs = {"x1": _host_float64(a1), "x2": None if a2 is None else _host_float64(a2)}
+            raise non_finite_error(net, host, inputs, f"empirical {name.upper()}", squares=True)
+    return outs
 
 
 def empirical_gram(terms, n1: int, n2, m: int, out, **kwargs) -> None:

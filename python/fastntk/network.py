@@ -4,6 +4,8 @@ a finite one (see :mod:`fastntk.empirical`)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import _engine, empirical
 from ._args import kernel_tuple, parse_get
 from ._progress import check_progress
@@ -59,6 +61,7 @@ class Network:
         x2=None,
         get=("nngp", "ntk"),
         every_layer=False,
+        device=None,
         *,
         out=None,
         memory_limit=None,
@@ -87,6 +90,13 @@ class Network:
             For an MLP ``Dense, act, Dense, act, ..., Dense`` whose Dense layers are
             alike, entry ``2 l`` is the kernel of the same MLP with ``l`` hidden
             layers: a sweep over depth costs one evaluation.
+        device : {'cpu', 'cuda'}, optional
+            Where NumPy inputs are computed (default: :func:`fastntk.set_default_device`,
+            initially 'cpu'). With 'cuda' the GPU computes them and NumPy arrays come back
+            (streamed to host memory band by band, so the output may exceed the GPU's
+            memory); float32 inputs then give float32 outputs. CuPy inputs are always
+            computed on their own device and CuPy's current stream, and give CuPy outputs
+            (float32 stays float32; the walk itself is float64 either way).
 
         out : array, tuple or dict of arrays, or path, optional
             Where to write the kernels, block by block, in bounded memory (see
@@ -118,9 +128,10 @@ class Network:
 
         Returns
         -------
-        numpy.ndarray of shape (N1, N2) (``(len(layers), N1, N2)`` with
-        ``every_layer``), float64, or a named tuple of them. With ``out``: the arrays
-        written (for a path, the store's arrays as ``np.memmap``), in the same form.
+        numpy.ndarray (cupy.ndarray for CuPy inputs) of shape (N1, N2)
+        (``(len(layers), N1, N2)`` with ``every_layer``), float64 (float32 on the GPU for
+        float32 inputs), or a named tuple of them. With ``out``: the arrays written (for a
+        path, the store's arrays as ``np.memmap``), in the same form.
 
         Raises
         ------
@@ -137,15 +148,22 @@ class Network:
             )
         if out is not None and every_layer:
             raise ValueError("out= is not supported with every_layer=True")
-        a1, a2 = _engine.inputs(x1, x2)
+        a1, a2, to_host = _engine.kernel_inputs(x1, x2, device)
         if out is not None:
+            if to_host or not isinstance(a1, np.ndarray):
+                raise ValueError(
+                    "out= computes on the CPU, block by block: pass NumPy inputs with device='cpu' "
+                    "(GPU blocks are not supported with out= yet)"
+                )
             from ._store import kernel_into
 
             outs = kernel_into(self, a1, a2, names, out, memory_limit=memory_limit, progress=progress)
         elif not every_layer:
-            outs = _engine.gram(_engine.program(self, a1.shape[1]), a1, a2, names, layers=self.layers)
+            outs = _engine.gram(
+                _engine.program(self, a1.shape[1]), a1, a2, names, layers=self.layers, to_host=to_host
+            )
         else:
-            outs = _engine.every_layer(self, a1, a2, names)
+            outs = _engine.every_layer(self, a1, a2, names, to_host=to_host)
         if single:
             return outs[names[0]]
         return kernel_tuple(names)(*(outs[n] for n in names))
@@ -210,12 +228,17 @@ class Network:
             per-layer signals would take more than half of the free memory). The result
             does not depend on it beyond round-off.
 
+        CuPy inputs (x1, x2) run on the GPU, on x1's device and CuPy's current stream, and
+        give a CuPy float64 array (params may be NumPy or CuPy; batch_size is not used there).
+
         Returns
         -------
         numpy.ndarray, float64
             Shape (N1, N2) with ``trace_axes=(-1,)``; (N1, N2, n_out, n_out) with
             ``trace_axes=()``, entry [i, j, o, o'] = grad f_o(x1_i) . grad f_o'(x2_j).
         """
+        if _engine.empirical_on_gpu(x1, x2):  # CuPy in, CuPy out
+            return _engine.empirical_gpu(self, params, x1, x2, ("ntk",), trace_axes)["ntk"]
         return empirical.kernels(self, params, x1, x2, ("ntk",), trace_axes, batch_size)["ntk"]
 
     def empirical_nngp(self, params, x1, x2=None, trace_axes=(-1,), batch_size=None):
@@ -225,6 +248,8 @@ class Network:
         the mean over outputs, (N1, N2); with ``()`` the (N1, N2, n_out, n_out) array
         ``f_o(x1_i) f_o'(x2_j)``.
         """
+        if _engine.empirical_on_gpu(x1, x2):
+            return _engine.empirical_gpu(self, params, x1, x2, ("nngp",), trace_axes)["nngp"]
         return empirical.kernels(self, params, x1, x2, ("nngp",), trace_axes, batch_size)["nngp"]
 
 

@@ -16,23 +16,41 @@ from .errors import EXIT_FAILED, CliError
 _BENCH_DEPTH = 5
 
 
-def bench_rows(sizes, dims, seed: int = 0) -> list:
+def _gpu_timer():
+    """best_time with the GPU synchronized after each call, and CuPy's asarray."""
+    import cupy
+
+    def timed(fn):
+        def call():
+            out = fn()
+            cupy.cuda.get_current_stream().synchronize()
+            return out
+
+        call()  # warm-up
+        return best_time(call)
+
+    return timed, cupy.asarray
+
+
+def bench_rows(sizes, dims, seed: int = 0, device: str = "cpu") -> list:
     """The quick benchmark: for each N and d, a depth-5 ReLU MLP's NNGP + NTK (x2 = None,
     float64; W_std 1.5, b_std 0.1 as bench/bench_kernels.py) against NumPy's ``x @ x.T``
     (the floor of any method that needs every inner product) and against fastntk with no
-    layers (its own tiled GEMM and output writes: what the recursion adds is the rest)."""
+    layers (its own tiled GEMM and output writes: what the recursion adds is the rest).
+    device 'cuda': the same on CuPy arrays, against CuPy's ``x @ x.T``."""
     import fastntk as nt
 
     net = mlp("relu", _BENCH_DEPTH, W_std=1.5, b_std=0.1)
     gemm_only = nt.serial(nt.Dense(b_std=None))
     rng = np.random.default_rng(seed)
+    timed, place = (best_time, np.asarray) if device == "cpu" else _gpu_timer()
     rows = []
     for n in sizes:
         for d in dims:
-            x = rng.standard_normal((n, d))
-            t_ours = best_time(lambda: net.kernel(x))  # noqa: B023 (called before the loop moves on)
-            t_gemm = best_time(lambda: x @ x.T)  # noqa: B023
-            t_own = best_time(lambda: gemm_only.kernel(x, get="nngp"))  # noqa: B023
+            x = place(rng.standard_normal((n, d)))
+            t_ours = timed(lambda: net.kernel(x))  # noqa: B023 (called before the loop moves on)
+            t_gemm = timed(lambda: x @ x.T)  # noqa: B023
+            t_own = timed(lambda: gemm_only.kernel(x, get="nngp"))  # noqa: B023
             pairs = n * (n + 1) // 2
             rows.append(
                 dict(
@@ -67,14 +85,31 @@ def bench(args, out=print) -> int:
 
     if args.full:
         return _bench_full(args, out)
+    device = "cuda" if args.device in ("cuda", "gpu") else "cpu"
+    info = nt.build_info()
+    if device == "cuda":
+        if not nt.has_cuda():
+            raise CliError(
+                f"--device {args.device}: fastntk.has_cuda() is False ({info.get('cuda_note', '')}); use --device cpu"
+            )
+        try:
+            import cupy  # noqa: F401
+        except ImportError:
+            raise CliError(
+                f"--device {args.device} needs CuPy (pip install cupy-cuda12x or cupy-cuda13x)"
+            ) from None
     sizes = (1000,) if args.quick else (1000, 4000)
     dims = (16, 784)
-    info = nt.build_info()
+    where = (
+        f"GPU {'; '.join(info['cuda_devices'])}, GEMM: CuPy's x @ x.T"
+        if device == "cuda"
+        else f"{nt.get_num_threads()} threads, BLAS {info.get('blas_core', '?')}, SIMD {info.get('simd', '?')}"
+    )
     out(
         f"fastntk {nt.__version__} quick benchmark: depth-{_BENCH_DEPTH} ReLU MLP, NNGP + NTK, x2 = None, float64; "
-        f"{nt.get_num_threads()} threads, BLAS {info.get('blas_core', '?')}, SIMD {info.get('simd', '?')}; best of 3-7"
+        f"{where}; best of 3-7"
     )
-    rows = bench_rows(sizes, dims)
+    rows = bench_rows(sizes, dims, device=device)
     out("")
     out(
         f"{'N':>6} {'d':>5} {'fastntk s':>10} {'GEMM s':>10} {'fastntk/GEMM':>13} {'own GEMM s':>11} "
@@ -102,7 +137,8 @@ def bench(args, out=print) -> int:
             "package); from a checkout: fastntk bench --full"
         )
     if args.json is not None:
-        payload = {"build": info, "threads": nt.get_num_threads(), "depth": _BENCH_DEPTH, "rows": rows}
+        payload = {"build": info, "threads": nt.get_num_threads(), "depth": _BENCH_DEPTH, "device": device,
+                   "rows": rows}  # fmt: skip
         try:
             pathlib.Path(args.json).write_text(json.dumps(payload, indent=1) + "\n")
         except OSError as e:

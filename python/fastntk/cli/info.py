@@ -1,4 +1,5 @@
-"""``fastntk info``: :func:`fastntk.build_info`, the thread count and the versions."""
+"""``fastntk info``: :func:`fastntk.build_info` (the GPUs the CUDA backend sees included), the
+thread count and the versions."""
 
 from __future__ import annotations
 
@@ -20,5 +21,7 @@ def info(args, out=print) -> int:
     else:
         width = max(len(k) for k in data)
         for k, v in data.items():
+            if isinstance(v, list):  # the GPUs, one per line
+                v = "\n".join([v[0]] + [" " * (width + 2) + item for item in v[1:]]) if v else "none"
             out(f"{k:<{width}}  {v}")
     return 0

@@ -97,9 +97,9 @@ def _add_run(sub) -> None:
     _add_model_options(r)
     r.add_argument(
         "--device",
-        choices=("cpu", "gpu"),
+        choices=("cpu", "gpu", "cuda"),
         default="cpu",
-        help="where the kernels and predictions are computed (gpu needs the CUDA backend)",
+        help="where the kernels and predictions are computed (gpu = cuda: needs the CUDA backend and CuPy)",
     )
     r.add_argument(
         "--out",
@@ -199,6 +199,12 @@ def _add_bench(sub) -> None:
         "--quick", action="store_true", help="N = 1000 only (with --full: pass --quick to each script)"
     )
     b.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    b.add_argument(
+        "--device",
+        choices=("cpu", "gpu", "cuda"),
+        default="cpu",
+        help="cuda (= gpu): time the GPU backend on CuPy arrays against CuPy's x @ x.T",
+    )
     b.add_argument(
         "--full", action="store_true", help="run the full suite bench/bench_*.py (source checkout)"
     )

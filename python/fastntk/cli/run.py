@@ -121,14 +121,17 @@ def _device_arrays(device: str):
     if device == "cpu":
         return (lambda a: a), (lambda a: a)
     if not nt.has_cuda():
+        note = nt.build_info().get("cuda_note", "")
         raise CliError(
-            "--device gpu: this fastntk was built without the CUDA backend (fastntk.has_cuda() is False; "
-            "the GPU backend is not part of this version yet); use --device cpu"
+            f"--device {device}: fastntk.has_cuda() is False: this fastntk was built without the CUDA backend, "
+            f"or finds no usable CUDA device ({note}); use --device cpu"
         )
     try:
         import cupy
     except ImportError:
-        raise CliError("--device gpu needs CuPy (pip install cupy-cuda12x); it is not installed") from None
+        raise CliError(
+            f"--device {device} needs CuPy (pip install cupy-cuda12x or cupy-cuda13x); it is not installed"
+        ) from None
     return cupy.asarray, cupy.asnumpy
 
 
