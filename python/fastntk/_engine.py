@@ -305,6 +305,19 @@ def _native_gram(prog, a1, a2, outs: dict, capture_after=(), seeds=None) -> bool
     )
 
 
+def gram_into(prog, a1, a2, outs: dict, *, tile: int, layers=None) -> None:
+    """The plain kernels of a1 and a2 (a2 None: symmetric) into the given C-contiguous
+    float64 (N1, N2) arrays ``outs`` ({name: array}), with square native tiles of side
+    ``tile``: fixing the tile fixes every BLAS call's shape, so an entry's value does not
+    depend on the thread count (the blocked ``out=`` path relies on it, see
+    :mod:`fastntk._store`). Non-finite entries raise as in :func:`gram`."""
+    finite = _core.ntk_gram(
+        prog, a1, a2, outs.get("nngp"), outs.get("ntk"), n_threads=get_num_threads(), tile=int(tile)
+    )
+    if not finite:
+        check_kernels(prog, a1, a2, outs, layers)
+
+
 def every_layer(net, a1, a2, names, to_host=False) -> dict:
     """{name: (len(net.layers), N1, N2)}: the kernels after every layer, from one pass (see
     :meth:`fastntk.Network.kernel`)."""

@@ -22,9 +22,12 @@ silenced bar is a no-op object, so callers never test whether a bar exists.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
-__all__ = ["AUTO_DELAY", "check_progress", "progress_bar"]
+import numpy as np
+
+__all__ = ["AUTO_DELAY", "check_progress", "progress_bar", "printing"]
 
 # Seconds before an automatic bar appears: the issue's "computations longer than a couple of
 # seconds"; anything shorter finishes before a bar would be readable anyway.
@@ -36,7 +39,7 @@ def check_progress(progress, name: str = "progress"):
     naming the argument (before any work starts)."""
     if progress is None:
         return None
-    if isinstance(progress, bool) or type(progress).__name__ == "bool_":
+    if isinstance(progress, (bool, np.bool_)):
         return bool(progress)
     raise ValueError(f"{name} must be None (automatic: a bar in a terminal), True or False, got {progress!r}")
 
@@ -53,6 +56,9 @@ class _Silent:
         pass
 
     def close(self) -> None:
+        pass
+
+    def refresh(self) -> None:
         pass
 
     def __enter__(self):
@@ -97,3 +103,13 @@ def progress_bar(total, desc: str, progress=None, unit: str = "it", initial: int
     options = {"delay": AUTO_DELAY if progress is None else 0.0, "dynamic_ncols": True, "file": sys.stderr}
     options.update(kwargs)
     return tqdm(total=total, desc=desc, unit=unit, initial=initial, **options)
+
+
+@contextlib.contextmanager
+def printing(file=None):
+    """Prints to ``file`` (default stdout) inside this block go above any open bar instead
+    of through it: the bars are cleared first and redrawn after."""
+    from tqdm import tqdm
+
+    with tqdm.external_write_mode(file=file if file is not None else sys.stdout):
+        yield

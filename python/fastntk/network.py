@@ -4,8 +4,11 @@ a finite one (see :mod:`fastntk.empirical`)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import _engine, empirical
 from ._args import kernel_tuple, parse_get
+from ._progress import check_progress
 from .layers import Dense, Layer
 
 __all__ = ["serial", "Network"]
@@ -52,7 +55,18 @@ class Network:
                     )
             previous_dense = k
 
-    def kernel(self, x1, x2=None, get=("nngp", "ntk"), every_layer=False, device=None):
+    def kernel(
+        self,
+        x1,
+        x2=None,
+        get=("nngp", "ntk"),
+        every_layer=False,
+        device=None,
+        *,
+        out=None,
+        memory_limit=None,
+        progress=None,
+    ):
         """The infinite-width NNGP and/or NTK between the rows of x1 and x2.
 
         Parameters
@@ -84,11 +98,40 @@ class Network:
             computed on their own device and CuPy's current stream, and give CuPy outputs
             (float32 stays float32; the walk itself is float64 either way).
 
+        out : array, tuple or dict of arrays, or path, optional
+            Where to write the kernels, block by block, in bounded memory (see
+            ``memory_limit``): whatever N1 and N2 are, the whole matrix is never held in
+            memory. An array (a NumPy array, an ``np.memmap`` or a zarr array, shape
+            (N1, N2), float64 or float32) for a single ``get``; a tuple or a
+            ``{name: array}`` dict, one per kernel, for several. A path (str or
+            ``os.PathLike``) is a **resumable store**: a directory holding one float64
+            ``<name>.npy`` per kernel (``np.load(path/'ntk.npy', mmap_mode='r')``), a
+            fingerprint of the computation and a record of the finished blocks. The same
+            call after a crash (even SIGKILL) computes only the blocks not yet recorded and
+            gives a bit-identical result; a store made for another network, other inputs,
+            another ``get`` or another fastntk version is refused with a message naming the
+            difference. The values of the blocked computation do not depend on
+            ``memory_limit``, the thread count or a resumption (every block runs with the
+            same 256 x 256 native tiles); they agree with the in-memory kernel to round-off
+            (~1e-15 relative). Not with ``every_layer``.
+        memory_limit : int or str, optional
+            With ``out``: the bytes the block buffers may take (the working memory beyond
+            the inputs and ``out``), e.g. ``2**30`` or ``"2GB"``, ``"512MiB"``; default 1 GiB,
+            at least 0.5 MiB per kernel (one block of 256 x 256 entries).
+            Shapes need not divide anything. Resuming a store keeps its blocks, and refuses
+            when they need more than a ``memory_limit`` given now.
+        progress : bool, optional
+            With ``out``: a progress bar (blocks done, rate, time left) on standard error.
+            None (default): only in a terminal, and only once the work has taken 2 s;
+            True: always; False: never. Without ``out`` the kernel is one native pass and
+            shows no bar.
+
         Returns
         -------
         numpy.ndarray (cupy.ndarray for CuPy inputs) of shape (N1, N2)
         (``(len(layers), N1, N2)`` with ``every_layer``), float64 (float32 on the GPU for
-        float32 inputs), or a named tuple of them.
+        float32 inputs), or a named tuple of them. With ``out``: the arrays written (for a
+        path, the store's arrays as ``np.memmap``), in the same form.
 
         Raises
         ------
@@ -97,8 +140,25 @@ class Network:
             W_std^2 > 2): the message names the layer where it first stopped being finite.
         """
         names, single = parse_get(get)
+        check_progress(progress)
+        if out is None and memory_limit is not None:
+            raise ValueError(
+                "memory_limit bounds the working memory of kernels written into out=...; without out "
+                "the result itself is computed in memory, in one pass"
+            )
+        if out is not None and every_layer:
+            raise ValueError("out= is not supported with every_layer=True")
         a1, a2, to_host = _engine.kernel_inputs(x1, x2, device)
-        if not every_layer:
+        if out is not None:
+            if to_host or not isinstance(a1, np.ndarray):
+                raise ValueError(
+                    "out= computes on the CPU, block by block: pass NumPy inputs with device='cpu' "
+                    "(GPU blocks are not supported with out= yet)"
+                )
+            from ._store import kernel_into
+
+            outs = kernel_into(self, a1, a2, names, out, memory_limit=memory_limit, progress=progress)
+        elif not every_layer:
             outs = _engine.gram(
                 _engine.program(self, a1.shape[1]), a1, a2, names, layers=self.layers, to_host=to_host
             )

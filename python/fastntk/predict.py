@@ -49,6 +49,7 @@ from . import _predict_linalg as _la
 from ._args import KERNEL_NAMES, parse_get
 from ._cg import ConvergenceWarning
 from ._predict_linalg import SingularKernelWarning
+from ._progress import progress_bar
 
 __all__ = [
     "ConvergenceWarning",
@@ -568,20 +569,42 @@ def _rk4(xp, rhs, state0, taus, step):
     requested time (sorted, unique). Returns (len(taus), state size)."""
     out = []
     state, now = state0, 0.0
-    for target in taus:
-        span = float(target) - now
-        if span > 0:
-            count = max(1, math.ceil(span / step))
-            h = span / count
-            for _ in range(count):
-                k1 = rhs(state)
-                k2 = rhs(state + (0.5 * h) * k1)
-                k3 = rhs(state + (0.5 * h) * k2)
-                k4 = rhs(state + h * k3)
-                state = state + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-            now = float(target)
-        out.append(state)
+    with _OdeProgress(float(taus[-1])) as bar:
+        for target in taus:
+            span = float(target) - now
+            if span > 0:
+                count = max(1, math.ceil(span / step))
+                h = span / count
+                for i in range(count):
+                    k1 = rhs(state)
+                    k2 = rhs(state + (0.5 * h) * k1)
+                    k3 = rhs(state + (0.5 * h) * k2)
+                    k4 = rhs(state + h * k3)
+                    state = state + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+                    bar.reach(now + (i + 1) * h)
+                now = float(target)
+            out.append(state)
     return xp.stack(out)
+
+
+class _OdeProgress:
+    """A bar over an ODE integration from 0 to ``end`` (in percent of the span), shown only
+    in a terminal once the integration has taken 2 s (see :mod:`fastntk._progress`)."""
+
+    def __init__(self, end: float):
+        self.end = end
+        self.bar = progress_bar(100, "gradient_descent", None, unit="%")
+
+    def reach(self, tau: float) -> None:
+        done = min(100, int(100 * tau / self.end)) if self.end > 0 else 100
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
 
 def gradient_descent(
@@ -859,9 +882,13 @@ def _solve_ivp(rhs, state0, taus, method: str, rtol: float, atol: float):
     """SciPy's solve_ivp from 0 to the last of the sorted unique ``taus``: (T, state size)."""
     from scipy.integrate import solve_ivp
 
-    sol = solve_ivp(
-        lambda _t, v: rhs(v), (0.0, float(taus[-1])), state0, method=method, t_eval=taus, rtol=rtol, atol=atol
-    )
+    with _OdeProgress(float(taus[-1])) as bar:
+
+        def f(tau, v):
+            bar.reach(tau)
+            return rhs(v)
+
+        sol = solve_ivp(f, (0.0, float(taus[-1])), state0, method=method, t_eval=taus, rtol=rtol, atol=atol)
     if sol.status != 0:
         raise RuntimeError(f"gradient_descent: the ODE solver failed: {sol.message}")
     return sol.y.T

@@ -108,6 +108,11 @@ def _add_run(sub) -> None:
         help="folder for run.png and run.json (default ./fastntk-out)",
     )
     r.add_argument("--quiet", action="store_true", help="print only the paths of the files written")
+    r.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (by default one shows on stderr in a terminal once the run takes 2 s)",
+    )
 
 
 def _add_data_options(r) -> None:

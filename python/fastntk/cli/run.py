@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from .._progress import printing, progress_bar
 from .arch import parse_arch
 from .data import Dataset, load_data
 from .errors import CliError
@@ -241,13 +242,37 @@ def run(args, out=print) -> dict:
         f"W_std {arch.W_std:.4g}, b_std {arch.b_std:.4g}; finite network: width {args.width}"
     )
 
+    # A bar over the four stages (in a terminal, once the run has taken 2 s); lines printed
+    # meanwhile go above it.
+    progress = False if getattr(args, "quiet", False) or getattr(args, "no_progress", False) else None
+    with progress_bar(4, "fastntk run", progress, "stage") as bar:
+        return _stages(nt, args, arch, net, data, task, outdir, to_device, to_host, bar, _above(out))
+
+
+def _above(out):
+    def say(*a, **k):
+        with printing():
+            out(*a, **k)
+
+    return say
+
+
+def _stages(nt, args, arch, net, data, task, outdir, to_device, to_host, bar, out) -> dict:
+    """The job after its inputs are read: kernels, kernel regression, the infinitely wide
+    network's dynamics, the finite network's training; then the table and the files."""
+    xtr, xte = data.x_train, data.x_test
+    n_train, n_test, d = xtr.shape[0], xte.shape[0], xtr.shape[1]
     xtr_d, xte_d = to_device(xtr), to_device(xte)
+    bar.set_postfix_str("kernels")
     (k_train, k_test), t_kernel = _timed(lambda: (net.kernel(xtr_d), net.kernel(xte_d, xtr_d)))
+    bar.update(1)
     out(
         f"kernels: NNGP and NTK, train ({n_train} x {n_train}) and test-train ({n_test} x {n_train}) in "
         f"{t_kernel:.3f} s ({args.device}, {nt.get_num_threads()} threads)"
     )
+    bar.set_postfix_str("kernel regression")
     inf = _kernel_regression(nt, task, k_train, k_test, to_device, to_host)
+    bar.update(1)
     what = "test accuracy" if task.classifies else "test RMSE"
     out(
         f"kernel regression (t = inf): {what} NTK {task.fmt(inf['metric']['ntk'])}, NNGP {task.fmt(inf['metric']['nngp'])}"
@@ -256,11 +281,16 @@ def run(args, out=print) -> dict:
     lr_max = nt.predict.max_learning_rate(k_train.ntk, task.y.size)
     lr = lr_max / 2 if args.learning_rate is None else args.learning_rate
     t_plot, t_table = time_grid(args.steps)
+    bar.set_postfix_str("NTK dynamics")
     f_ntk, ntk_loss = _analytic_dynamics(nt, task, k_train, k_test, lr, t_plot, to_device, to_host)
+    bar.update(1)
+    bar.set_postfix_str("finite network")
     out(
         f"training the finite network for {args.steps} steps at learning rate {lr:.4g} (max_learning_rate {lr_max:.4g}) ..."
     )
     f_net, net_loss, t_train = _finite_network(nt, net, task, lr, t_plot, args.seed)
+    bar.update(1)
+    bar.close()
     out(f"trained in {t_train:.3g} s")
     out("")
     ntk = dict(metric=task.score(f_ntk), loss=ntk_loss)
