@@ -76,3 +76,20 @@ def write_json(name: str, payload: dict) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def counted(cls):
+    """A subclass of a scikit-learn kernel class that counts the likelihood evaluations (calls
+    with eval_gradient=True). GaussianProcessRegressor clones kernels with type(k)(**params),
+    so the count survives the clones; the constructor is the parent's."""
+
+    class Counted(cls):
+        calls = 0
+
+        def __call__(self, X, Y=None, eval_gradient=False):
+            if eval_gradient:
+                type(self).calls += 1
+            return super().__call__(X, Y, eval_gradient)
+
+    Counted.__name__ = cls.__name__
+    return Counted

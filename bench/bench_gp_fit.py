@@ -41,7 +41,7 @@ from sklearn.gaussian_process.kernels import WhiteKernel
 import fastntk as nt
 from fastntk.sklearn import NNGP, NTK, MLPGaussianProcessRegressor
 
-from _common import machine, markdown_table, write_json
+from _common import counted, machine, markdown_table, write_json
 
 
 def cpu_pressure():
@@ -67,22 +67,6 @@ def datasets(quick: bool):
     w = rng.standard_normal(d) / np.sqrt(d)
     y = np.sin(3 * x @ w) + np.sum(x * x, axis=1) / d + 0.1 * rng.standard_normal(n)
     return {"diabetes": standardized(xd, yd), "synthetic": standardized(x, y)}
-
-
-def counted(cls):
-    """The kernel class with a count of likelihood evaluations (calls with eval_gradient);
-    the GP clones kernels as type(k)(**params), so the subclass survives the clones."""
-
-    class Counted(cls):
-        calls = 0
-
-        def __call__(self, X, Y=None, eval_gradient=False):
-            if eval_gradient:
-                type(self).calls += 1
-            return super().__call__(X, Y, eval_gradient)
-
-    Counted.__name__ = cls.__name__
-    return Counted
 
 
 def fit_ours(kernel, depths, x, y, restarts):

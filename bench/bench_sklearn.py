@@ -46,7 +46,7 @@ import fastntk as nt
 from fastntk import _depth_selection, _sklearn_arch
 from fastntk.sklearn import NNGP, NTK, NeuralTangentKernel, NTKGaussianProcessRegressor, NTKRegressor
 
-from _common import best_time, machine, markdown_table, write_json
+from _common import best_time, counted, machine, markdown_table, write_json
 
 
 def cpu_pressure():
@@ -75,23 +75,6 @@ def paired_best(fn_a, fn_b, repeat=5):
             else:
                 best_b = min(best_b, elapsed)
     return best_a, best_b
-
-
-def counted(cls):
-    """A subclass of a kernel class that counts the likelihood evaluations (calls with
-    eval_gradient=True). GaussianProcessRegressor clones kernels with type(k)(**params),
-    so the count survives the clones; the constructor is the parent's."""
-
-    class Counted(cls):
-        calls = 0
-
-        def __call__(self, X, Y=None, eval_gradient=False):
-            if eval_gradient:
-                type(self).calls += 1
-            return super().__call__(X, Y, eval_gradient)
-
-    Counted.__name__ = cls.__name__
-    return Counted
 
 
 class Frozen(NeuralTangentKernel):

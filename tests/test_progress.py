@@ -84,3 +84,73 @@ def test_gradient_descent_integration_shows_a_bar_in_a_terminal(terminal, capsys
     fn(np.array([0.5, 2.0]), np.zeros((20, 1)))
     err = capsys.readouterr().err
     assert "gradient_descent" in err and "100/100" in err
+
+
+# ---- The in-memory kernel: the native driver reports its tiles.
+
+
+def _reported(progress, x):
+    """Runs the native Gram of ever deeper networks on x (tiles of 64, 1 thread) until the
+    work spans several of the driver's 50 ms polls; returns (network, output)."""
+    import fastntk as nt
+    from fastntk import _core, _engine
+
+    for depth in (12, 48, 192, 768):
+        net = nt.mlp("erf", depth=depth)
+        out = np.empty((len(x), len(x)))
+        calls = []
+
+        def record(done, total, calls=calls):
+            calls.append((done, total))
+            progress(done, total)
+
+        _core.ntk_gram(
+            _engine.program(net, x.shape[1]), x, None, None, out, n_threads=1, tile=64, progress=record
+        )
+        if len(calls) >= 3:
+            return net, out, calls
+    raise AssertionError(f"the driver reported {len(calls)} times over the deepest network")
+
+
+def test_native_gram_reports_its_tiles_done():
+    x = np.random.default_rng(0).standard_normal((2000, 50))
+    net, out, calls = _reported(lambda done, total: None, x)
+    # tiles of 64: a 32 x 32 grid, its upper triangle with the diagonal: 528 tiles
+    assert {t for _, t in calls} == {32 * 33 // 2}
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[0] >= 0 and done[-1] <= 528 and done[-1] > done[0]
+    ref = net.kernel(x, get="ntk", progress=False)  # (its own tiles: equal to round-off)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-14 * np.abs(ref).max())
+
+
+def test_native_progress_callback_errors_do_not_stop_the_work(monkeypatch):
+    import sys
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+
+    def broken(done, total):
+        raise RuntimeError("a broken display")
+
+    x = np.random.default_rng(1).standard_normal((2000, 50))
+    net, out, calls = _reported(broken, x)
+    assert len(seen) >= len(calls) and all(isinstance(e, RuntimeError) for e in seen)  # every report
+    ref = net.kernel(x, get="ntk", progress=False)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-14 * np.abs(ref).max())
+
+
+def test_in_memory_kernel_shows_a_bar_of_tiles(capsys):
+    import re
+
+    import fastntk as nt
+
+    x = np.random.default_rng(2).standard_normal((2000, 50))
+    net = nt.mlp("erf", depth=768)  # long enough for the driver to report (see _reported)
+    k = net.kernel(x, get="ntk", progress=True)
+    err = capsys.readouterr().err
+    assert "kernel" in err and "tile" in err
+    done, total = re.findall(r"(\d+)/(\d+)", err)[-1]  # the bar ends full
+    assert done == total and int(total) > 1
+    np.testing.assert_array_equal(k, net.kernel(x, get="ntk", progress=False))
+    net.kernel(x, get="ntk")  # automatic: stderr is not a terminal under pytest: silent
+    assert capsys.readouterr().err == ""

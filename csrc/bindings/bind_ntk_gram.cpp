@@ -47,7 +47,7 @@ void bind_ntk_gram(py::module_& m) {
       "ntk_gram",
       [](const fastntk::Program& prog, const Array& x1, const std::optional<Array>& x2, std::optional<Array> nngp,
          std::optional<Array> ntk, int n_threads, int tile, std::vector<int> capture_after,
-         const std::optional<Array>& seeds) {
+         const std::optional<Array>& seeds, const py::object& progress) {
         if (x1.ndim() != 2) throw std::invalid_argument("x1 must be 2-D (N1, d), got shape " + shape_of(x1));
         if (x2 && (x2->ndim() != 2 || x2->shape(1) != x1.shape(1)))
           throw std::invalid_argument("x2 must be 2-D (N2, " + std::to_string(x1.shape(1)) + "), got shape " +
@@ -74,6 +74,19 @@ void bind_ntk_gram(py::module_& m) {
         const double* p2 = x2 ? x2->data() : nullptr;
         double* pn = nngp ? nngp->mutable_data() : nullptr;
         double* pt = ntk ? ntk->mutable_data() : nullptr;
+        if (!progress.is_none()) {
+          // Called on the calling thread with the GIL released: take it for the call. An
+          // exception of the callable is reported (sys.unraisablehook), not propagated: a
+          // progress display must not stop the work.
+          opt.progress = [&progress](std::int64_t done, std::int64_t total) {
+            py::gil_scoped_acquire gil;
+            try {
+              progress(done, total);
+            } catch (py::error_already_set& e) {
+              e.discard_as_unraisable("fastntk.ntk_gram progress");
+            }
+          };
+        }
         bool finite = false;
         fastntk::bindings::run_interruptible([&](const std::function<bool()>& interrupted) {
           opt.interrupted = interrupted;
@@ -84,12 +97,14 @@ void bind_ntk_gram(py::module_& m) {
       py::arg("program"), py::arg("x1").noconvert(), py::arg("x2").noconvert() = py::none(),
       py::arg("nngp").noconvert() = py::none(), py::arg("ntk").noconvert() = py::none(), py::arg("n_threads") = 0,
       py::arg("tile") = 0, py::arg("capture_after") = std::vector<int>{}, py::arg("seeds") = py::none(),
+      py::arg("progress") = py::none(),
       "Fill nngp and/or ntk (float64, C order) with the program's kernels between the rows of x1 and x2 "
       "(x2=None: x1 with itself, using symmetry). Outputs are (N1, N2); with capture_after (op indices after "
       "which to write the kernels) or seeds (n_ops, P, 3: derivatives of each Dense op's W^2, b^2, t0 along P "
       "directions) they are (captures, 1 + P, N1, N2): the kernels, then their derivatives. Returns True when "
       "every entry written is known to be finite (checked in the tiles for the plain kernels), False when one "
-      "may not be (scan the outputs then). Releases the GIL; Ctrl-C stops it.");
+      "may not be (scan the outputs then). progress, if given, is called as progress(tiles_done, tiles_total) "
+      "every 50 ms or so while it runs. Releases the GIL; Ctrl-C stops it.");
 
   m.def(
       "ntk_diag",

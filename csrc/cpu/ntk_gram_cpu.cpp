@@ -426,7 +426,8 @@ bool gram(const ProgramView& prog, const double* x1, Index n1, const double* x2,
       },
       [&](Index k, Scratch<T>& scratch, StopCheck& check) {
         dispatch_tile(ntk != nullptr, walk, tiles[k], scratch, check);
-      });
+      },
+      opt.progress);
 
   const bool diagonal_finite = !symmetric || write_exact_diagonal(job, p1);
   return job.in_place && diagonal_finite && !not_finite.load();

@@ -18,6 +18,8 @@ struct GramOptions {
   // Polled by the calling thread between tiles, at most every 50 ms; returning true
   // stops the work (the outputs are then incomplete) and throws Interrupted.
   std::function<bool()> interrupted;
+  // If set, called by the calling thread at the same polls with (tiles done, tiles in all).
+  std::function<void(std::int64_t, std::int64_t)> progress;
 };
 
 // What to compute beyond the final kernels (see ntk_gram_cpu's second form).

@@ -62,23 +62,32 @@ inline int useful_threads(int threads, double flops) {
   return static_cast<int>(std::max(1.0, std::min<double>(std::max(threads, 1), flops / kFlopsPerThread)));
 }
 
+// Reports (tiles done, tiles in all) while the work runs; see for_each_tile.
+using ProgressFn = std::function<void(std::int64_t, std::int64_t)>;
+
 // Runs body(k, scratch, check) for k in [0, n_tiles) on up to `threads` threads, where
 // scratch = make_scratch() is built once per thread. Never more threads than tiles: an
 // idle OpenMP thread keeps spinning for milliseconds after the region (libgomp's default
 // wait policy), which slows down whatever runs next -- here often NumPy's BLAS threads.
+// `progress`, if set, is called by the calling thread when it polls `interrupted` (at most
+// every 50 ms) with the number of tiles finished so far.
 // Throws what a thread threw, else Interrupted if `interrupted` asked to stop.
 template <class MakeScratch, class Body>
 void for_each_tile(std::int64_t n_tiles, int threads, const std::function<bool()>& interrupted,
-                   MakeScratch make_scratch, Body body) {
+                   MakeScratch make_scratch, Body body, const ProgressFn& progress = {}) {
   if (n_tiles <= 0) return;
-  std::atomic<std::int64_t> next{0};
+  std::atomic<std::int64_t> next{0}, done{0};
   std::atomic<bool> stop{false};
   std::exception_ptr error;
+  const std::function<bool()> poll = [&]() {
+    if (progress) progress(done.load(std::memory_order_relaxed), n_tiles);
+    return interrupted ? interrupted() : false;
+  };
   const int team = static_cast<int>(std::min<std::int64_t>(std::max(threads, 1), n_tiles));
 #pragma omp parallel num_threads(team)
   {
-    const bool poller = omp_get_thread_num() == 0 && static_cast<bool>(interrupted);
-    StopCheck check(poller ? &interrupted : nullptr, stop, error);
+    const bool poller = omp_get_thread_num() == 0 && (static_cast<bool>(interrupted) || static_cast<bool>(progress));
+    StopCheck check(poller ? &poll : nullptr, stop, error);
     decltype(make_scratch()) scratch{};
     try {
       scratch = make_scratch();
@@ -88,6 +97,7 @@ void for_each_tile(std::int64_t n_tiles, int threads, const std::function<bool()
     for (std::int64_t k = next++; k < n_tiles && !check.stopped(); k = next++) {
       try {
         body(k, scratch, check);
+        done.fetch_add(1, std::memory_order_relaxed);
       } catch (...) {
         check.fail();
       }

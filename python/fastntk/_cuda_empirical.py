@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from . import _cuda_backend as _gpu
-from ._finite import check_params, multipliers, output_dim
+from ._finite import check_params, forward, multipliers, output_dim
 from .layers import Activation, Dense, Erf, Gelu
 
 
@@ -53,24 +53,9 @@ def _derivative(layer, h, cp):
 def _features(net, params, x, ntk: bool, cp):
     """(f, terms): outputs (n, m) and per Dense layer (last first) (A, B, c_W^2, c_b^2) with
     A (n, fan_in) its input and B (n, m, out) the signals d f_o / d z (None: identity)."""
-    h = x
-    inputs, derivs = {}, {}
-    seen_dense = False
-    for k, layer in enumerate(net.layers):
-        if isinstance(layer, Dense):
-            W, b = params[k]
-            c_w, c_b = multipliers(layer, W.shape[0])
-            if ntk:
-                inputs[k] = h
-            z = (h @ W) * c_w
-            if b is not None and c_b != 0.0:
-                z += c_b * b
-            h, seen_dense = z, True
-        elif isinstance(layer, Activation):
-            if ntk and seen_dense:
-                derivs[k] = _derivative(layer, h, cp)
-            h = _fn(layer, h)
-    f = h
+    # the forward pass is the one of the finite networks (_finite.forward), which on CuPy
+    # arrays computes the activations with this module's device functions
+    f, inputs, derivs = forward(net, params, x, keep=ntk)
     terms = []
     if not ntk:
         return f, terms

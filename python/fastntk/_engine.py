@@ -30,6 +30,7 @@ import numpy as np
 from . import _arrays, _core
 from . import _cuda_backend as _gpu
 from ._args import all_finite
+from ._progress import bar_shown, progress_bar
 
 # The largest degree of Monomial and RectifiedMonomial: fastntk::kMaxDegree of the native
 # program, read from the module so that Python never holds a copy of its own.
@@ -249,7 +250,9 @@ def dense_seeds(prog, directions) -> np.ndarray:
 # Analytic kernels
 
 
-def gram(prog, a1, a2, names, *, capture_after=(), seeds=None, layers=None, to_host=False) -> dict:
+def gram(
+    prog, a1, a2, names, *, capture_after=(), seeds=None, layers=None, to_host=False, progress=False
+) -> dict:
     """The native Gram on checked inputs (from :func:`inputs` or :func:`kernel_inputs`):
     {name: array}. CuPy inputs run on the GPU: CuPy outputs, or NumPy ones with
     ``to_host`` (from :func:`kernel_inputs`).
@@ -257,7 +260,8 @@ def gram(prog, a1, a2, names, *, capture_after=(), seeds=None, layers=None, to_h
     Plain (N1, N2) arrays for the final kernels; (captures, 1 + directions, N1, N2) with
     ``capture_after`` (op indices) or ``seeds`` (n_ops, directions, 3; see
     :func:`dense_seeds`). ``layers`` (the layer sequence, for messages) names the layer
-    where a non-finite kernel first appeared; see :func:`check_kernels`.
+    where a non-finite kernel first appeared; see :func:`check_kernels`. ``progress`` (None,
+    True or False, see :mod:`fastntk._progress`) shows a bar of the native tiles (CPU).
     """
     n1 = a1.shape[0]
     n2 = n1 if a2 is None else a2.shape[0]
@@ -276,7 +280,9 @@ def gram(prog, a1, a2, names, *, capture_after=(), seeds=None, layers=None, to_h
             check_kernels(prog, h1, h2, {n: _host(o) for n, o in outs.items()}, layers)
         return outs
     outs = _arrays.empty_kernels(names, shape)
-    if not _native_gram(prog, a1, a2, outs, capture_after, seeds):
+    with progress_bar(None, "kernel", progress=progress, unit="tile") as bar:
+        finite = _native_gram(prog, a1, a2, outs, capture_after, seeds, bar=bar)
+    if not finite:
         check_kernels(prog, a1, a2, outs, layers)
     return outs
 
@@ -289,11 +295,12 @@ def _host_float64(a) -> np.ndarray:
     return np.ascontiguousarray(_host(a), dtype=np.float64)
 
 
-def _native_gram(prog, a1, a2, outs: dict, capture_after=(), seeds=None) -> bool:
+def _native_gram(prog, a1, a2, outs: dict, capture_after=(), seeds=None, bar=None) -> bool:
     """Fills ``outs``; True when the native side saw every entry finite (it checks the plain
     kernels' tiles while they are in cache), False when some entry may not be (then
-    :func:`check_kernels` scans the outputs and names the layer)."""
-    return _core.ntk_gram(
+    :func:`check_kernels` scans the outputs and names the layer). ``bar`` (a progress bar
+    from :func:`fastntk._progress.progress_bar`, or None) follows the tiles done."""
+    finite = _core.ntk_gram(
         prog,
         a1,
         a2,
@@ -302,7 +309,22 @@ def _native_gram(prog, a1, a2, outs: dict, capture_after=(), seeds=None) -> bool
         n_threads=get_num_threads(),
         capture_after=list(capture_after),
         seeds=seeds,
+        progress=None if bar is None or not bar_shown(bar) else _tiles_to(bar),
     )
+    if bar is not None and bar_shown(bar) and bar.total is not None:
+        bar.update(bar.total - bar.n)
+    return finite
+
+
+def _tiles_to(bar):
+    """The native progress callback: (tiles done, tiles in all) onto ``bar``."""
+
+    def report(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    return report
 
 
 def gram_into(prog, a1, a2, outs: dict, *, tile: int, layers=None) -> None:

@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["AUTO_DELAY", "check_progress", "progress_bar", "printing"]
+__all__ = ["AUTO_DELAY", "bar_shown", "check_progress", "progress_bar", "printing"]
 
 # Seconds before an automatic bar appears: the issue's "computations longer than a couple of
 # seconds"; anything shorter finishes before a bar would be readable anyway.
@@ -103,6 +103,11 @@ def progress_bar(total, desc: str, progress=None, unit: str = "it", initial: int
     options = {"delay": AUTO_DELAY if progress is None else 0.0, "dynamic_ncols": True, "file": sys.stderr}
     options.update(kwargs)
     return tqdm(total=total, desc=desc, unit=unit, initial=initial, **options)
+
+
+def bar_shown(bar) -> bool:
+    """False for the silent stand-in of a silenced bar (nothing to report to)."""
+    return not isinstance(bar, _Silent)
 
 
 @contextlib.contextmanager

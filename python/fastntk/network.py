@@ -121,10 +121,10 @@ class Network:
             Shapes need not divide anything. Resuming a store keeps its blocks, and refuses
             when they need more than a ``memory_limit`` given now.
         progress : bool, optional
-            With ``out``: a progress bar (blocks done, rate, time left) on standard error.
-            None (default): only in a terminal, and only once the work has taken 2 s;
-            True: always; False: never. Without ``out`` the kernel is one native pass and
-            shows no bar.
+            A progress bar (blocks done with ``out``, else the native tiles done; rate, time
+            left) on standard error. None (default): only in a terminal, and only once the
+            work has taken 2 s; True: always; False: never. (Not for ``every_layer`` or
+            GPU computations.)
 
         Returns
         -------
@@ -160,7 +160,13 @@ class Network:
             outs = kernel_into(self, a1, a2, names, out, memory_limit=memory_limit, progress=progress)
         elif not every_layer:
             outs = _engine.gram(
-                _engine.program(self, a1.shape[1]), a1, a2, names, layers=self.layers, to_host=to_host
+                _engine.program(self, a1.shape[1]),
+                a1,
+                a2,
+                names,
+                layers=self.layers,
+                to_host=to_host,
+                progress=progress,
             )
         else:
             outs = _engine.every_layer(self, a1, a2, names, to_host=to_host)
