@@ -20,7 +20,7 @@ cg: matrix-free ridge regression, ``kernel_regression(LazyKernel, ..., solver='c
     with the Nystrom preconditioner (1000 landmarks), depth-2 ReLU MLP NTK, 2 outputs,
     ridge = mean of the kernel's diagonal:
       (1) N = 30,000, d = 64 (K fits in memory, 7.2 GB): the direct solve (the kernel, then
-          K + ridge I factored in place by ``scipy.linalg.cho_factor`` and solved) against CG
+          K + ridge I factored by ``numpy.linalg.cholesky`` on one BLAS thread and solved) against CG
           to tol 1e-8; both times, the test predictions' largest difference relative to the
           largest prediction (target 1e-6), and CG's iteration count with the preconditioner
           (matrix-free) and without it (the same recurrence, run on the dense K already in
@@ -281,9 +281,17 @@ def cg_fits(scale: int):
     t_plain_dense = time.perf_counter() - t1
     t1 = time.perf_counter()
     k[np.diag_indices_from(k)] += ridge
-    factor = scipy.linalg.cho_factor(k, lower=True, overwrite_a=True, check_finite=False)
-    alpha = scipy.linalg.cho_solve(factor, y, check_finite=False)
-    del k, factor
+    # One BLAS thread for this Cholesky: OpenBLAS's threaded dpotrf crashes (SIGSEGV, NumPy's
+    # and SciPy's copies alike, without fastntk loaded too) at N >= 20,000 on this machine
+    # (OpenBLAS issues #1413, #2821); single-threaded it completes.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        factor = np.linalg.cholesky(k)
+    del k
+    alpha = scipy.linalg.solve_triangular(factor, y, lower=True, check_finite=False)
+    alpha = scipy.linalg.solve_triangular(factor, alpha, lower=True, trans="T", check_finite=False)
+    del factor
     pred_direct = net.kernel(xt, x, get="ntk") @ alpha
     t_direct = t_kernel + time.perf_counter() - t1
     rel = float(np.abs(pred_cg - pred_direct).max() / np.abs(pred_direct).max())
