@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.linalg
 import skntk
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -117,6 +118,35 @@ def test_log_marginal_likelihood_matches_sklearn(depth, normalize_y, n_out, alph
         # the data term y^T K^-1 y ~ |lml|.
         assert grad.shape == (1,)
         assert abs(grad[0] - ref_grad[0]) <= LML_RTOL * (abs(ref_value) + len(x)), beta
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 60])
+def test_pencil_pivots_match_dense_linear_algebra(n, rng):
+    # The native pivot recurrence against dense NumPy on M(t) = I + (t - 1) T: log|M|
+    # (slogdet), r_1 = 1 / (M^-1)_11, and the exact derivatives in t:
+    # d log|M| / dt = tr(M^-1 T), d r_1 / dt = (M^-1 T M^-1)_11 / (M^-1)_11^2.
+    # T's spectrum lies in (0, 1) like the reduced pencil's, plus a t where M is indefinite.
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    t_mat = (q * rng.uniform(0.05, 0.95, n)) @ q.T
+    # Tridiagonal form (the Hessenberg form of a symmetric matrix is tridiagonal).
+    h = scipy.linalg.hessenberg(t_mat)
+    d, e = np.diagonal(h).copy(), np.diagonal(h, -1).copy()
+    tri = np.diag(d) + np.diag(e, 1) + np.diag(e, -1)
+    ts = np.array([0.01, 0.5, 1.0, 3.0, 40.0, -30.0])
+    ok, logdet, r1, dlogdet, dr1 = _engine.pencil_pivots(d, e, ts - 1.0, derivatives=True)
+    ok2, logdet2, r12 = _engine.pencil_pivots(d, e, ts - 1.0)
+    for g, t in enumerate(ts):
+        m = np.eye(n) + (t - 1.0) * tri
+        positive = bool(np.all(np.linalg.eigvalsh(m) > 0))
+        assert ok[g] == ok2[g] == positive
+        if not positive:
+            continue
+        inv = np.linalg.inv(m)
+        assert logdet[g] == pytest.approx(np.linalg.slogdet(m)[1], rel=1e-12, abs=1e-12)
+        assert r1[g] == pytest.approx(1.0 / inv[0, 0], rel=1e-12)
+        assert dlogdet[g] == pytest.approx(np.trace(inv @ tri), rel=1e-10, abs=1e-12)
+        assert dr1[g] == pytest.approx((inv @ tri @ inv)[0, 0] / inv[0, 0] ** 2, rel=1e-10, abs=1e-12)
+        assert (logdet2[g], r12[g]) == (logdet[g], r1[g])
 
 
 def test_likelihood_two_stage_and_fallback_reductions_agree(monkeypatch):

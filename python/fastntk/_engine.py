@@ -519,3 +519,11 @@ def matmul(a, b, alpha: float, trans_b: bool = False) -> np.ndarray:
     out = np.empty((a.shape[0], b.shape[0] if trans_b else b.shape[1]))
     _core.matmul(a, b, out, trans_b=trans_b, alpha=alpha, n_threads=get_num_threads())
     return out
+
+
+def pencil_pivots(d: np.ndarray, e: np.ndarray, tm1: np.ndarray, derivatives: bool = False) -> tuple:
+    """``_core.pencil_pivots``: for M(t) = I + (t - 1) T (T tridiagonal: diagonal d,
+    off-diagonal e) at each tm1 = t - 1, (ok, log|M|, r_1) and with ``derivatives`` also
+    (d log|M|/dt, d r_1/dt); ok (bool) says M is positive definite, (M^-1)_11 = 1 / r_1."""
+    out = _core.pencil_pivots(d, e, np.ascontiguousarray(tm1, dtype=np.float64), derivatives)
+    return (out[0].astype(bool),) + tuple(out[1:])
