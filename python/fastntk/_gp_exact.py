@@ -173,12 +173,11 @@ def _tridiagonal(c: np.ndarray):
         # Trace and squared Frobenius norm of the symmetric matrix (its lower triangle, by
         # column blocks), kept to check the foreign call's result: both are invariant under
         # the orthogonal reduction.
-        trace, frob2 = float(np.trace(c)), 0.0
+        trace = float(np.trace(c))
         c00, col0 = float(c[0, 0]), float(np.dot(c[:, 0], c[:, 0]))
-        for j in range(0, n, 256):
-            block = np.tril(c[j:, j : j + 256])
-            frob2 += 2.0 * float(np.einsum("ij,ij->", block, block))
-        frob2 -= float(np.einsum("i,i->", np.diagonal(c), np.diagonal(c)))
+        # LAPACK's dlantr: the Frobenius norm of the lower triangle, one pass, no copy.
+        lower_norm = float(_lapack.dlantr("F", c, uplo="L", diag="N"))
+        frob2 = 2.0 * lower_norm * lower_norm - float(np.einsum("i,i->", np.diagonal(c), np.diagonal(c)))
         got = _tridiagonal_two_stage(c.copy(order="F"))
         if got is not None:
             d, e = got
@@ -611,12 +610,14 @@ class NTKGaussianProcessRegressor(RegressorMixin, BaseEstimator):
             else:
                 bias = float(np.clip(math.exp(theta), bounds[0], bounds[1]))
             kernel = self._kernel(depth, bias, bounds)
-            # K(bias) + alpha I = (A' + bias^2 B') / (c (1 + bias^2)), into A's buffer.
-            b *= bias * bias
+            # K(bias) + alpha I = (A' + bias^2 B') / (c (1 + bias^2)), into A's buffer: two
+            # BLAS passes over the (contiguous) buffers, A /= scale, then A += (bias^2 / scale) B.
+            inv_scale = 1.0 / (c * (1.0 + bias * bias))
+            flat = a.reshape(-1)
+            _blas.dscal(inv_scale, flat)
+            _blas.daxpy(b.reshape(-1), flat, a=bias * bias * inv_scale)
             k_noisy = a
-            k_noisy += b
-            k_noisy *= 1.0 / (c * (1.0 + bias * bias))
-            del b
+            del b, flat
         self.kernel_ = kernel
         self.bias_ = bias
         # Factored in place: the symmetric C array's transpose is a Fortran array, whose
