@@ -9,9 +9,18 @@ import numpy as np
 from . import _engine, empirical
 from ._args import kernel_tuple, parse_get
 from ._progress import check_progress
-from .layers import Dense, Layer
+from .layers import Dense, Layer, Parallel, SpatialLayer
 
-__all__ = ["serial", "Network"]
+__all__ = ["serial", "parallel", "Network"]
+
+
+def _walk(layers):
+    """Every layer of a layer sequence, branches of Parallel layers included (depth first)."""
+    for layer in layers:
+        yield layer
+        if isinstance(layer, Parallel):
+            for branch in layer.branches:
+                yield from _walk(branch)
 
 
 class Network:
@@ -19,7 +28,12 @@ class Network:
 
     def __init__(self, layers):
         self.layers = tuple(layers)
-        self._check_order()
+        # A network with convolutions, pooling or branches is checked when its input shape is
+        # known (fastntk._spatial_program): a branch such as serial(Relu(), Conv(...)) is fine
+        # on its own, only the whole graph tells whether its activation gets a Gaussian input.
+        self.is_spatial = any(isinstance(layer, SpatialLayer) for layer in _walk(self.layers))
+        if not self.is_spatial:
+            self._check_order()
 
     def __repr__(self) -> str:
         return "serial(" + ", ".join(repr(layer) for layer in self.layers) + ")"
@@ -265,7 +279,9 @@ def serial(*layers) -> Network:
 
     Each activation must follow a Dense layer (possibly through Identity layers):
     the recursion needs a Gaussian input, so an activation first or two
-    activations in a row raise ValueError.
+    activations in a row raise ValueError. Networks with convolutions, pooling or
+    branches are checked against their input shape when their kernel is computed
+    (a branch may start with an activation: its input comes from the graph).
     """
     flat = []
     for k, layer in enumerate(layers):
@@ -276,3 +292,29 @@ def serial(*layers) -> Network:
         else:
             raise TypeError(f"serial: argument {k} is not a fastntk layer or network: {layer!r}")
     return Network(flat)
+
+
+def parallel(*layers) -> Parallel:
+    """Apply each argument to its own branch, like ``neural_tangents.stax.parallel``:
+    after ``FanOut(n)`` (or another ``parallel``) with n branches, ``parallel`` takes n
+    arguments, branch i going through argument i; a FanIn layer (:class:`FanInSum`,
+    :class:`FanInConcat`) then joins them. Residual block::
+
+        serial(FanOut(2), parallel(Identity(), serial(Relu(), Conv(64, (3, 3), padding='SAME'))), FanInSum())
+
+    Parameters
+    ----------
+    *layers : Layer or Network
+        One per branch: a layer or a :func:`serial` network.
+    """
+    branches = []
+    for k, layer in enumerate(layers):
+        if isinstance(layer, Network):
+            branches.append(layer.layers)
+        elif isinstance(layer, Layer):
+            branches.append((layer,))
+        else:
+            raise TypeError(f"parallel: argument {k} is not a fastntk layer or network: {layer!r}")
+    if not branches:
+        raise ValueError("parallel: needs at least one branch (one layer or network per branch)")
+    return Parallel(branches)
