@@ -37,12 +37,34 @@ def record(net, shape, diagonal_spatial=None, fc=("FC", None)):
     return plan, rec.args, [c for c in rec.calls if c[0] != "set_layer"]
 
 
-def linear(src, dst, map, in_dims, out_dims, *, window=None, strides=None, pad_lo=None, circular=False,
-           normalize_edges=False, scale=1.0, alpha=1.0, beta=0.0, gamma=0.0, delta=1.0, eps=0.0):  # fmt: skip
+def linear(
+    src,
+    dst,
+    map,
+    in_dims,
+    out_dims,
+    *,
+    window=None,
+    strides=None,
+    pad_lo=None,
+    circular=False,
+    normalize_edges=False,
+    scale=1.0,
+    alpha=1.0,
+    beta=0.0,
+    gamma=0.0,
+    delta=1.0,
+    eps=0.0,
+):
     kw = dict(src=src, dst=dst, map=map, in_dims=list(in_dims), out_dims=list(out_dims))
     if map in ("conv", "pool"):
-        kw.update(window=list(window), strides=list(strides), pad_lo=list(pad_lo), circular=circular,
-                  normalize_edges=normalize_edges)  # fmt: skip
+        kw.update(
+            window=list(window),
+            strides=list(strides),
+            pad_lo=list(pad_lo),
+            circular=circular,
+            normalize_edges=normalize_edges,
+        )
     kw.update(scale=scale, alpha=alpha, beta=beta, gamma=gamma, delta=delta, eps=eps)
     return ("add_linear", kw)
 
@@ -54,7 +76,12 @@ def assert_calls(actual, expected):
         assert kw_a.keys() == kw_e.keys(), (name_a, kw_a, kw_e)
         for key in kw_e:
             if isinstance(kw_e[key], float):
-                assert kw_a[key] == pytest.approx(kw_e[key], rel=1e-15, abs=0), (name_a, key, kw_a[key], kw_e[key])
+                assert kw_a[key] == pytest.approx(kw_e[key], rel=1e-15, abs=0), (
+                    name_a,
+                    key,
+                    kw_a[key],
+                    kw_e[key],
+                )
             else:
                 assert kw_a[key] == kw_e[key], (name_a, key, kw_a[key], kw_e[key])
 
@@ -83,7 +110,9 @@ def test_defaults():
 @pytest.mark.parametrize(
     "layer",
     [
-        nt.Conv(8, (3, 3), strides=(2, 1), padding="SAME", W_std=1.5, b_std=None, parameterization="standard"),
+        nt.Conv(
+            8, (3, 3), strides=(2, 1), padding="SAME", W_std=1.5, b_std=None, parameterization="standard"
+        ),
         nt.Conv(None, (2,)),
         nt.AvgPool((2, 2), (2, 2), "SAME", normalize_edges=True),
         nt.SumPool((3, 1, 2)),
@@ -114,8 +143,21 @@ def test_equality_is_by_type_and_fields():
 
 
 def test_exported():
-    for name in ("Conv", "AvgPool", "SumPool", "GlobalAvgPool", "GlobalSumPool", "Flatten", "LayerNorm",
-                 "FanOut", "FanInSum", "FanInConcat", "Parallel", "parallel", "serial"):  # fmt: skip
+    for name in (
+        "Conv",
+        "AvgPool",
+        "SumPool",
+        "GlobalAvgPool",
+        "GlobalSumPool",
+        "Flatten",
+        "LayerNorm",
+        "FanOut",
+        "FanInSum",
+        "FanInConcat",
+        "Parallel",
+        "parallel",
+        "serial",
+    ):
         assert name in nt.__all__ and hasattr(nt, name)
 
 
@@ -126,7 +168,9 @@ def test_serial_and_parallel_nest():
     par = nt.parallel(a, nt.serial(c, b), nt.serial(nt.serial(c)), [b, nt.serial(c, b), a])
     assert par.branches == ((a,), (c, b), (c,), (b, c, b, a))
     assert nt.serial(nt.FanOut(4), par, nt.FanInSum()).layers[1] is par
-    assert nt.serial(nt.Dense(), nt.FanOut(2), nt.parallel(nt.Dense(), nt.Identity()), nt.FanInSum()).is_spatial
+    assert nt.serial(
+        nt.Dense(), nt.FanOut(2), nt.parallel(nt.Dense(), nt.Identity()), nt.FanInSum()
+    ).is_spatial
     assert not nt.serial(nt.Dense(), nt.Relu()).is_spatial
 
 
@@ -139,7 +183,9 @@ def test_a_branch_may_start_with_an_activation():
     # makes such a branch without serial.
     with pytest.raises(ValueError, match="activation with no Dense layer before it"):
         nt.serial(nt.Relu(), nt.Dense())
-    fc = nt.serial(nt.Dense(), nt.FanOut(2), nt.parallel(nt.Identity(), [nt.Relu(), nt.Dense()]), nt.FanInSum())
+    fc = nt.serial(
+        nt.Dense(), nt.FanOut(2), nt.parallel(nt.Identity(), [nt.Relu(), nt.Dense()]), nt.FanInSum()
+    )
     assert fc.layers[2].branches[1] == (nt.Relu(), nt.Dense())
     compile_network(fc.layers, (2, 5))
 
@@ -168,7 +214,15 @@ def test_conv_and_pool_output_shapes(padding, k, s):
 
 def test_pad_lo_of_same_padding():
     # lax's SAME padding: total = max((out - 1) s + k - n, 0), total // 2 before (the rest after)
-    for n, k, s, lo in [(5, 3, 1, 1), (5, 3, 2, 1), (6, 4, 1, 1), (6, 2, 1, 0), (7, 3, 3, 1), (4, 6, 1, 2), (5, 1, 2, 0)]:
+    for n, k, s, lo in [
+        (5, 3, 1, 1),
+        (5, 3, 2, 1),
+        (6, 4, 1, 1),
+        (6, 2, 1, 0),
+        (7, 3, 3, 1),
+        (4, 6, 1, 2),
+        (5, 1, 2, 0),
+    ]:
         _, _, calls = record(nt.serial(nt.Conv(2, (k,), strides=(s,), padding="SAME")), (1, n, 2))
         assert calls[0][1]["pad_lo"] == [lo], (n, k, s)
         assert calls[0][1]["out_dims"] == [math.ceil(n / s)]
@@ -177,10 +231,17 @@ def test_pad_lo_of_same_padding():
 def test_shapes_through_flatten_and_global_pooling():
     x = (3, 6, 5, 2)
     assert compile_network(nt.serial(nt.Conv(4, (3, 3)), nt.Flatten()).layers, x).out_dims == ()
-    assert compile_network(nt.serial(nt.Conv(4, (3, 3)), nt.GlobalAvgPool(), nt.Dense(1)).layers, x).out_dims == ()
+    assert (
+        compile_network(nt.serial(nt.Conv(4, (3, 3)), nt.GlobalAvgPool(), nt.Dense(1)).layers, x).out_dims
+        == ()
+    )
     assert compile_network(nt.serial(nt.Dense(2), nt.Relu(), nt.Dense(1)).layers, x).out_dims == (6, 5)
-    assert compile_network(nt.serial(nt.FanOut(2), nt.parallel(nt.Dense(3), nt.Dense(3)), nt.FanInSum()).layers,
-                           (4, 7)).out_dims == ()  # fmt: skip
+    assert (
+        compile_network(
+            nt.serial(nt.FanOut(2), nt.parallel(nt.Dense(3), nt.Dense(3)), nt.FanInSum()).layers, (4, 7)
+        ).out_dims
+        == ()
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -221,16 +282,30 @@ def test_image_outputs_diagonal_on_request():
         ((nt.Conv(4, (3, 2)),), (2, 5, 6, 3), (2, 3, 5, 5, 3, 3)),
         ((nt.Conv(4, (3, 2)), nt.Conv(4, (2, 2))), (2, 5, 6, 3), (2, 3, 2, 2, 4, 4)),
         ((nt.Conv(4, (3, 2)), nt.AvgPool((1, 1))), (2, 5, 6, 3), (2, 3, 5, 5, 3, 3)),
-        ((nt.Conv(4, (3, 2)), nt.Conv(4, (1, 2)), nt.Conv(4, (1, 1)), nt.AvgPool((1, 1))), (2, 5, 6, 3),
-         (2, 3, 4, 4, 3, 3)),  # fmt: skip
+        (
+            (nt.Conv(4, (3, 2)), nt.Conv(4, (1, 2)), nt.Conv(4, (1, 1)), nt.AvgPool((1, 1))),
+            (2, 5, 6, 3),
+            (2, 3, 4, 4, 3, 3),
+        ),
         ((nt.Dense(3),), (2, 5, 6, 3), (2, 3, 5, 5, 6, 6)),
         ((nt.Conv(4, (3, 2)), nt.Flatten()), (2, 5, 6, 3), (2, 3)),
         ((nt.Conv(4, (3, 2)), nt.GlobalAvgPool()), (2, 5, 6, 3), (2, 3)),
         # residual: one branch reversed, one not: NT unreverses on a tie
-        ((nt.Conv(4, (3, 2)), nt.FanOut(2), nt.parallel(nt.Identity(), nt.Conv(4, (1, 1))), nt.FanInSum()),
-         (2, 5, 6, 3), (2, 3, 3, 3, 5, 5)),  # fmt: skip
-        ((nt.Conv(4, (3, 2)), nt.FanOut(3), nt.parallel(nt.Identity(), nt.Conv(4, (1, 1)), nt.Conv(4, (1, 1))),
-          nt.FanInSum()), (2, 5, 6, 3), (2, 3, 3, 3, 5, 5)),  # fmt: skip
+        (
+            (nt.Conv(4, (3, 2)), nt.FanOut(2), nt.parallel(nt.Identity(), nt.Conv(4, (1, 1))), nt.FanInSum()),
+            (2, 5, 6, 3),
+            (2, 3, 3, 3, 5, 5),
+        ),
+        (
+            (
+                nt.Conv(4, (3, 2)),
+                nt.FanOut(3),
+                nt.parallel(nt.Identity(), nt.Conv(4, (1, 1)), nt.Conv(4, (1, 1))),
+                nt.FanInSum(),
+            ),
+            (2, 5, 6, 3),
+            (2, 3, 3, 3, 5, 5),
+        ),
         ((nt.Conv(2, (3,)),), (2, 7, 3), (2, 3, 5, 5)),
         ((nt.Conv(2, (2, 2, 1)),), (2, 4, 5, 3, 2), (2, 3, 3, 3, 4, 4, 3, 3)),
     ],
@@ -287,18 +362,38 @@ def test_to_nt_layout_diagonal_and_3d():
 
 def test_calls_conv_relu_flatten_dense():
     net = nt.serial(
-        nt.Conv(4, (3, 3), padding="SAME", W_std=2.0, b_std=0.5), nt.Relu(), nt.Flatten(), nt.Dense(1, W_std=1.5)
+        nt.Conv(4, (3, 3), padding="SAME", W_std=2.0, b_std=0.5),
+        nt.Relu(),
+        nt.Flatten(),
+        nt.Dense(1, W_std=1.5),
     )
     plan, args, calls = record(net, (7, 5, 5, 3))
     assert args == ([5, 5], 3, False, 1)
-    assert_calls(calls, [
-        # ntk: Sigma' = W^2 L(Sigma) + b^2, Theta' = W^2 L(Theta) + Sigma'; L = window sum / 9
-        linear(0, 0, "conv", (5, 5), (5, 5), window=(3, 3), strides=(1, 1), pad_lo=(1, 1), scale=1 / 9,
-               alpha=4.0, beta=0.25, gamma=4.0, delta=4.0, eps=0.25),
-        ("add_activation", dict(src_dst=0, fc_program="FC", op_index=100)),
-        linear(0, 0, "flatten", (5, 5), (), scale=1 / 25),  # mean of the diagonal over 25 positions
-        linear(0, 0, "identity", (), (), alpha=2.25, beta=0.0, gamma=2.25, delta=2.25, eps=0.0),
-    ])  # fmt: skip
+    assert_calls(
+        calls,
+        [
+            # ntk: Sigma' = W^2 L(Sigma) + b^2, Theta' = W^2 L(Theta) + Sigma'; L = window sum / 9
+            linear(
+                0,
+                0,
+                "conv",
+                (5, 5),
+                (5, 5),
+                window=(3, 3),
+                strides=(1, 1),
+                pad_lo=(1, 1),
+                scale=1 / 9,
+                alpha=4.0,
+                beta=0.25,
+                gamma=4.0,
+                delta=4.0,
+                eps=0.25,
+            ),
+            ("add_activation", dict(src_dst=0, fc_program="FC", op_index=100)),
+            linear(0, 0, "flatten", (5, 5), (), scale=1 / 25),  # mean of the diagonal over 25 positions
+            linear(0, 0, "identity", (), (), alpha=2.25, beta=0.0, gamma=2.25, delta=2.25, eps=0.0),
+        ],
+    )
     assert plan.activations == [nt.Relu()]
 
 
@@ -310,14 +405,46 @@ def test_calls_standard_parameterization():
     )
     _, args, calls = record(net, (1, 6, 4, 3), diagonal_spatial=True)
     assert args == ([6, 4], 3, False, 1)
-    assert_calls(calls, [
-        # standard: Theta' = fan_in L(Sigma) + W^2 L(Theta) (+ 1 with a bias); fan_in = C prod(filter)
-        linear(0, 0, "conv", (6, 4), (3, 3), window=(2, 2), strides=(2, 1), pad_lo=(0, 0), scale=1 / 4,
-               alpha=1.44, beta=0.09, gamma=3 * 4, delta=1.44, eps=1.0),
-        linear(0, 0, "conv", (3, 3), (3, 3), window=(1, 3), strides=(1, 1), pad_lo=(0, 1), circular=True,
-               scale=1 / 3, alpha=0.25, beta=0.0, gamma=7 * 3, delta=0.25, eps=0.0),
-        linear(0, 0, "identity", (3, 3), (3, 3), alpha=0.81, beta=0.0, gamma=5.0, delta=0.81, eps=1.0),
-    ])  # fmt: skip
+    assert_calls(
+        calls,
+        [
+            # standard: Theta' = fan_in L(Sigma) + W^2 L(Theta) (+ 1 with a bias); fan_in = C prod(filter)
+            linear(
+                0,
+                0,
+                "conv",
+                (6, 4),
+                (3, 3),
+                window=(2, 2),
+                strides=(2, 1),
+                pad_lo=(0, 0),
+                scale=1 / 4,
+                alpha=1.44,
+                beta=0.09,
+                gamma=3 * 4,
+                delta=1.44,
+                eps=1.0,
+            ),
+            linear(
+                0,
+                0,
+                "conv",
+                (3, 3),
+                (3, 3),
+                window=(1, 3),
+                strides=(1, 1),
+                pad_lo=(0, 1),
+                circular=True,
+                scale=1 / 3,
+                alpha=0.25,
+                beta=0.0,
+                gamma=7 * 3,
+                delta=0.25,
+                eps=0.0,
+            ),
+            linear(0, 0, "identity", (3, 3), (3, 3), alpha=0.81, beta=0.0, gamma=5.0, delta=0.81, eps=1.0),
+        ],
+    )
 
 
 def test_calls_pooling():
@@ -330,57 +457,142 @@ def test_calls_pooling():
     plan, args, calls = record(net, (2, 5, 6, 1))
     assert args == ([5, 6], 1, True, 1) and plan.out_dims == ()
     # 5 -> ceil(5/2) = 3, total pad (3-1)*2+3-5 = 2, 1 before; 6 -> 3, total (3-1)*2+2-6 = 0
-    assert_calls(calls, [
-        linear(0, 0, "identity", (5, 6), (5, 6), alpha=1.0, beta=0.0, gamma=1.0, delta=1.0, eps=0.0),
-        linear(0, 0, "pool", (5, 6), (3, 3), window=(3, 2), strides=(2, 2), pad_lo=(1, 0),
-               normalize_edges=True, scale=1 / 6),
-        # SumPool CIRCULAR 2x2 on 3x3: total pad 1, 0 before
-        linear(0, 0, "pool", (3, 3), (3, 3), window=(2, 2), strides=(1, 1), pad_lo=(0, 0), circular=True,
-               scale=1.0),
-        linear(0, 0, "global", (3, 3), (), scale=1 / 81),  # mean over all 9 x 9 pairs of positions
-    ])  # fmt: skip
+    assert_calls(
+        calls,
+        [
+            linear(0, 0, "identity", (5, 6), (5, 6), alpha=1.0, beta=0.0, gamma=1.0, delta=1.0, eps=0.0),
+            linear(
+                0,
+                0,
+                "pool",
+                (5, 6),
+                (3, 3),
+                window=(3, 2),
+                strides=(2, 2),
+                pad_lo=(1, 0),
+                normalize_edges=True,
+                scale=1 / 6,
+            ),
+            # SumPool CIRCULAR 2x2 on 3x3: total pad 1, 0 before
+            linear(
+                0,
+                0,
+                "pool",
+                (3, 3),
+                (3, 3),
+                window=(2, 2),
+                strides=(1, 1),
+                pad_lo=(0, 0),
+                circular=True,
+                scale=1.0,
+            ),
+            linear(0, 0, "global", (3, 3), (), scale=1 / 81),  # mean over all 9 x 9 pairs of positions
+        ],
+    )
 
 
 def test_calls_global_sum_pool_and_layernorm():
-    net = nt.serial(nt.Conv(3, (1,)), nt.LayerNorm(eps=0.1), nt.Relu(), nt.Conv(3, (1,)),
-                    nt.LayerNorm(axis=(1, 2), eps=0.2), nt.GlobalSumPool())  # fmt: skip
+    net = nt.serial(
+        nt.Conv(3, (1,)),
+        nt.LayerNorm(eps=0.1),
+        nt.Relu(),
+        nt.Conv(3, (1,)),
+        nt.LayerNorm(axis=(1, 2), eps=0.2),
+        nt.GlobalSumPool(),
+    )
     _, args, calls = record(net, (2, 4, 2))
     assert args == ([4], 2, True, 1)
-    conv = linear(0, 0, "conv", (4,), (4,), window=(1,), strides=(1,), pad_lo=(0,), scale=1.0, alpha=1.0,
-                  gamma=1.0, delta=1.0)  # fmt: skip
-    assert_calls(calls, [
-        conv,
-        ("add_layernorm", dict(src_dst=0, spatial=False, eps=0.1)),
-        ("add_activation", dict(src_dst=0, fc_program="FC", op_index=100)),
-        conv,
-        ("add_layernorm", dict(src_dst=0, spatial=True, eps=0.2)),
-        linear(0, 0, "global", (4,), (), scale=1.0),
-    ])  # fmt: skip
+    conv = linear(
+        0,
+        0,
+        "conv",
+        (4,),
+        (4,),
+        window=(1,),
+        strides=(1,),
+        pad_lo=(0,),
+        scale=1.0,
+        alpha=1.0,
+        gamma=1.0,
+        delta=1.0,
+    )
+    assert_calls(
+        calls,
+        [
+            conv,
+            ("add_layernorm", dict(src_dst=0, spatial=False, eps=0.1)),
+            ("add_activation", dict(src_dst=0, fc_program="FC", op_index=100)),
+            conv,
+            ("add_layernorm", dict(src_dst=0, spatial=True, eps=0.2)),
+            linear(0, 0, "global", (4,), (), scale=1.0),
+        ],
+    )
 
 
 def test_calls_residual_block():
     block = nt.serial(nt.Relu(), nt.Conv(4, (3,), padding="SAME", W_std=1.5))
-    net = nt.serial(nt.Conv(4, (3,)), nt.FanOut(2), nt.parallel(nt.Identity(), block), nt.FanInSum(), nt.Relu(),
-                    nt.Flatten())  # fmt: skip
+    net = nt.serial(
+        nt.Conv(4, (3,)),
+        nt.FanOut(2),
+        nt.parallel(nt.Identity(), block),
+        nt.FanInSum(),
+        nt.Relu(),
+        nt.Flatten(),
+    )
     plan, args, calls = record(net, (2, 8, 3))
     assert args == ([8], 3, False, 2)
-    assert_calls(calls, [
-        linear(0, 0, "conv", (8,), (6,), window=(3,), strides=(1,), pad_lo=(0,), scale=1 / 3, alpha=1.0,
-               gamma=1.0, delta=1.0),
-        ("add_copy", dict(src=0, dst=1)),
-        ("add_activation", dict(src_dst=1, fc_program="FC", op_index=100)),
-        linear(1, 1, "conv", (6,), (6,), window=(3,), strides=(1,), pad_lo=(1,), scale=1 / 3, alpha=2.25,
-               gamma=2.25, delta=2.25),
-        ("add_axpy", dict(src=1, dst=0, weight=1.0)),
-        ("add_activation", dict(src_dst=0, fc_program="FC", op_index=101)),
-        linear(0, 0, "flatten", (6,), (), scale=1 / 6),
-    ])  # fmt: skip
+    assert_calls(
+        calls,
+        [
+            linear(
+                0,
+                0,
+                "conv",
+                (8,),
+                (6,),
+                window=(3,),
+                strides=(1,),
+                pad_lo=(0,),
+                scale=1 / 3,
+                alpha=1.0,
+                gamma=1.0,
+                delta=1.0,
+            ),
+            ("add_copy", dict(src=0, dst=1)),
+            ("add_activation", dict(src_dst=1, fc_program="FC", op_index=100)),
+            linear(
+                1,
+                1,
+                "conv",
+                (6,),
+                (6,),
+                window=(3,),
+                strides=(1,),
+                pad_lo=(1,),
+                scale=1 / 3,
+                alpha=2.25,
+                gamma=2.25,
+                delta=2.25,
+            ),
+            ("add_axpy", dict(src=1, dst=0, weight=1.0)),
+            ("add_activation", dict(src_dst=0, fc_program="FC", op_index=101)),
+            linear(0, 0, "flatten", (6,), (), scale=1 / 6),
+        ],
+    )
 
 
 def test_calls_nested_branches_reuse_registers():
     inner = nt.serial(nt.FanOut(2), nt.parallel(nt.Conv(2, (1,)), nt.Conv(2, (1,))), nt.FanInSum())
-    net = nt.serial(nt.Conv(2, (1,)), nt.FanOut(3), nt.parallel(nt.Identity(), inner, inner), nt.FanInSum(),
-                    nt.FanOut(2), nt.parallel(nt.Identity(), nt.Conv(2, (1,))), nt.FanInSum(), nt.Flatten())  # fmt: skip
+    net = nt.serial(
+        nt.Conv(2, (1,)),
+        nt.FanOut(3),
+        nt.parallel(nt.Identity(), inner, inner),
+        nt.FanInSum(),
+        nt.FanOut(2),
+        nt.parallel(nt.Identity(), nt.Conv(2, (1,))),
+        nt.FanInSum(),
+        nt.Flatten(),
+    )
     plan, args, calls = record(net, (1, 3, 1))
     names = [c[0] for c in calls]
     assert names.count("add_copy") == 2 + 2 + 1 and names.count("add_axpy") == 2 + 2 + 1
@@ -390,17 +602,22 @@ def test_calls_nested_branches_reuse_registers():
 
 
 def test_calls_fan_in_concat_weights_by_channels():
-    net = nt.serial(nt.FanOut(2), nt.parallel(nt.Dense(3, W_std=1.5), nt.Dense(5, W_std=0.5)), nt.FanInConcat())
+    net = nt.serial(
+        nt.FanOut(2), nt.parallel(nt.Dense(3, W_std=1.5), nt.Dense(5, W_std=0.5)), nt.FanInConcat()
+    )
     plan, args, calls = record(net, (2, 4, 2))
     assert args == ([4], 2, True, 2)
-    assert_calls(calls, [
-        ("add_copy", dict(src=0, dst=1)),
-        linear(0, 0, "identity", (4,), (4,), alpha=2.25, gamma=2.25, delta=2.25),
-        linear(1, 1, "identity", (4,), (4,), alpha=0.25, gamma=0.25, delta=0.25),
-        # the mean weighted by channels: 3/8 and 5/8 (Neural Tangents' _concat_kernels)
-        linear(0, 0, "identity", (4,), (4,), alpha=3 / 8, gamma=0.0, delta=3 / 8),
-        ("add_axpy", dict(src=1, dst=0, weight=5 / 8)),
-    ])  # fmt: skip
+    assert_calls(
+        calls,
+        [
+            ("add_copy", dict(src=0, dst=1)),
+            linear(0, 0, "identity", (4,), (4,), alpha=2.25, gamma=2.25, delta=2.25),
+            linear(1, 1, "identity", (4,), (4,), alpha=0.25, gamma=0.25, delta=0.25),
+            # the mean weighted by channels: 3/8 and 5/8 (Neural Tangents' _concat_kernels)
+            linear(0, 0, "identity", (4,), (4,), alpha=3 / 8, gamma=0.0, delta=3 / 8),
+            ("add_axpy", dict(src=1, dst=0, weight=5 / 8)),
+        ],
+    )
     # equal widths: 1/2 each
     net = nt.serial(nt.FanOut(2), nt.parallel(nt.Dense(4), nt.Dense(4)), nt.FanInConcat(-1))
     calls = record(net, (2, 4, 2))[2]
@@ -408,17 +625,34 @@ def test_calls_fan_in_concat_weights_by_channels():
 
 
 def test_calls_vectors_with_branches():
-    net = nt.serial(nt.Dense(8), nt.FanOut(2), nt.parallel(nt.Identity(), [nt.Relu(), nt.Dense(8)]),
-                    nt.FanInSum(), nt.Relu(), nt.Dense(1))  # fmt: skip
+    net = nt.serial(
+        nt.Dense(8),
+        nt.FanOut(2),
+        nt.parallel(nt.Identity(), [nt.Relu(), nt.Dense(8)]),
+        nt.FanInSum(),
+        nt.Relu(),
+        nt.Dense(1),
+    )
     plan, args, calls = record(net, (5, 6))
     assert args == ([], 6, False, 2) and plan.out_dims == () and plan.nt_shape(5, 4) == (5, 4)
-    assert [c[0] for c in calls] == ["add_linear", "add_copy", "add_activation", "add_linear", "add_axpy",
-                                     "add_activation", "add_linear"]  # fmt: skip
+    assert [c[0] for c in calls] == [
+        "add_linear",
+        "add_copy",
+        "add_activation",
+        "add_linear",
+        "add_axpy",
+        "add_activation",
+        "add_linear",
+    ]
 
 
 def test_set_layer_tags_every_layer_depth_first():
-    net = nt.serial(nt.Conv(2, (1,)), nt.FanOut(2), nt.parallel(nt.Identity(), nt.serial(nt.Relu(), nt.Conv(2, (1,)))),
-                    nt.FanInSum())  # fmt: skip
+    net = nt.serial(
+        nt.Conv(2, (1,)),
+        nt.FanOut(2),
+        nt.parallel(nt.Identity(), nt.serial(nt.Relu(), nt.Conv(2, (1,)))),
+        nt.FanInSum(),
+    )
     plan = compile_network(net.layers, (1, 3, 1))
     # 0 Conv, 1 FanOut, 2 parallel, 3 its Identity, 4 its Relu, 5 its Conv, 6 FanInSum
     tags = [kw["layer"] for name, kw in plan.calls if name == "set_layer"]
@@ -434,7 +668,9 @@ def test_activation_ops_in_the_fc_program():
     """The activations go to the spatial program as ops of one FC program, each after a Dense
     op (the FC program's own order check): the op numbers handed over are the activations'."""
     acts = [nt.Relu(), nt.Erf(2.0, 0.5, 0.1), nt.Gelu()]
-    net = nt.serial(nt.Conv(2, (1,)), acts[0], nt.Conv(2, (1,)), acts[1], nt.Conv(2, (1,)), acts[2], nt.Flatten())
+    net = nt.serial(
+        nt.Conv(2, (1,)), acts[0], nt.Conv(2, (1,)), acts[1], nt.Conv(2, (1,)), acts[2], nt.Flatten()
+    )
     plan = compile_network(net.layers, (1, 3, 1))
     assert plan.activations == acts
     layers = _spatial_program.activation_layers(plan)
@@ -452,9 +688,18 @@ def test_activation_ops_in_the_fc_program():
         (nt.Conv(2, (3, 3)), nt.AvgPool((2, 2)), nt.Relu()),  # pooling a Gaussian keeps it Gaussian
         (nt.Conv(2, (3, 3)), nt.GlobalAvgPool(), nt.Erf()),
         (nt.Conv(2, (3, 3)), nt.Identity(), nt.Relu()),
-        (nt.Conv(2, (3, 3)), nt.FanOut(2), nt.parallel(nt.Identity(), nt.serial(nt.Relu(), nt.Conv(2, (1, 1)))),
-         nt.FanInSum(), nt.Relu()),  # fmt: skip
-        (nt.Conv(2, (3, 3)), nt.FanOut(2), nt.parallel(nt.Relu(), nt.Gelu())),  # each branch its own activation
+        (
+            nt.Conv(2, (3, 3)),
+            nt.FanOut(2),
+            nt.parallel(nt.Identity(), nt.serial(nt.Relu(), nt.Conv(2, (1, 1)))),
+            nt.FanInSum(),
+            nt.Relu(),
+        ),
+        (
+            nt.Conv(2, (3, 3)),
+            nt.FanOut(2),
+            nt.parallel(nt.Relu(), nt.Gelu()),
+        ),  # each branch its own activation
         (nt.Flatten(), nt.Dense(3), nt.Relu()),
     ],
 )

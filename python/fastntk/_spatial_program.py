@@ -39,6 +39,7 @@ import dataclasses
 import math
 
 from .layers import (
+    MAX_SPATIAL_DIMS,
     Activation,
     AvgPool,
     Conv,
@@ -52,7 +53,6 @@ from .layers import (
     Identity,
     Layer,
     LayerNorm,
-    MAX_SPATIAL_DIMS,
     Parallel,
     SumPool,
 )
@@ -221,16 +221,25 @@ class _Compiler:
                 "x filter size): give out_chan / out_dim to the Conv or Dense layer before it"
             )
         return dict(
-            alpha=w2, beta=b2, gamma=float(v.channels * fan_in_factor), delta=w2,
+            alpha=w2,
+            beta=b2,
+            gamma=float(v.channels * fan_in_factor),
+            delta=w2,
             eps=0.0 if layer.b_std is None else 1.0,
-        )  # fmt: skip
+        )
 
     def dense(self, layer: Dense, v: _Value, name) -> _Value:
         coef = self._affine(layer, v, name, 1)
         self.call(
-            "add_linear", src=v.reg, dst=v.reg, map="identity", in_dims=list(v.dims), out_dims=list(v.dims),
-            scale=1.0, **coef,
-        )  # fmt: skip
+            "add_linear",
+            src=v.reg,
+            dst=v.reg,
+            map="identity",
+            in_dims=list(v.dims),
+            out_dims=list(v.dims),
+            scale=1.0,
+            **coef,
+        )
         return dataclasses.replace(v, channels=layer.out_dim, gaussian=True, why="", fresh=True)
 
     def _window(self, layer, v: _Value, name, window, what):
@@ -269,10 +278,20 @@ class _Compiler:
         size = math.prod(layer.filter_shape)
         coef = self._affine(layer, v, name, size)
         self.call(
-            "add_linear", src=v.reg, dst=v.reg, map="conv", in_dims=list(v.dims), out_dims=list(out),
-            window=list(layer.filter_shape), strides=list(layer.strides), pad_lo=pad_lo,
-            circular=layer.padding == "CIRCULAR", normalize_edges=False, scale=1.0 / size, **coef,
-        )  # fmt: skip
+            "add_linear",
+            src=v.reg,
+            dst=v.reg,
+            map="conv",
+            in_dims=list(v.dims),
+            out_dims=list(out),
+            window=list(layer.filter_shape),
+            strides=list(layer.strides),
+            pad_lo=pad_lo,
+            circular=layer.padding == "CIRCULAR",
+            normalize_edges=False,
+            scale=1.0 / size,
+            **coef,
+        )
         # Neural Tangents transposes the spatial axes of a full covariance at every convolution.
         return dataclasses.replace(
             v, dims=out, channels=layer.out_chan, gaussian=True, why="", fresh=True, reversed=not v.reversed
@@ -283,12 +302,24 @@ class _Compiler:
         average = not isinstance(layer, SumPool)
         self.pooled = True
         self.call(
-            "add_linear", src=v.reg, dst=v.reg, map="pool", in_dims=list(v.dims), out_dims=list(out),
-            window=list(layer.window_shape), strides=list(layer.strides), pad_lo=pad_lo,
-            circular=layer.padding == "CIRCULAR", normalize_edges=average and layer.normalize_edges,
+            "add_linear",
+            src=v.reg,
+            dst=v.reg,
+            map="pool",
+            in_dims=list(v.dims),
+            out_dims=list(out),
+            window=list(layer.window_shape),
+            strides=list(layer.strides),
+            pad_lo=pad_lo,
+            circular=layer.padding == "CIRCULAR",
+            normalize_edges=average and layer.normalize_edges,
             scale=1.0 / math.prod(layer.window_shape) if average else 1.0,
-            alpha=1.0, beta=0.0, gamma=0.0, delta=1.0, eps=0.0,
-        )  # fmt: skip
+            alpha=1.0,
+            beta=0.0,
+            gamma=0.0,
+            delta=1.0,
+            eps=0.0,
+        )
         why = v.why if v.gaussian else f"{v.why}, pooled at {name}"
         return dataclasses.replace(v, dims=out, why=why)
 
@@ -302,9 +333,19 @@ class _Compiler:
         s = math.prod(v.dims)
         scale = 1.0 / (s * s) if isinstance(layer, GlobalAvgPool) else 1.0
         self.call(
-            "add_linear", src=v.reg, dst=v.reg, map="global", in_dims=list(v.dims), out_dims=[],
-            scale=scale, alpha=1.0, beta=0.0, gamma=0.0, delta=1.0, eps=0.0,
-        )  # fmt: skip
+            "add_linear",
+            src=v.reg,
+            dst=v.reg,
+            map="global",
+            in_dims=list(v.dims),
+            out_dims=[],
+            scale=scale,
+            alpha=1.0,
+            beta=0.0,
+            gamma=0.0,
+            delta=1.0,
+            eps=0.0,
+        )
         why = v.why if v.gaussian else f"{v.why}, pooled at {name}"
         return dataclasses.replace(v, dims=(), why=why, reversed=False)
 
@@ -313,17 +354,31 @@ class _Compiler:
             return v
         s = math.prod(v.dims)
         self.call(
-            "add_linear", src=v.reg, dst=v.reg, map="flatten", in_dims=list(v.dims), out_dims=[],
-            scale=1.0 / s, alpha=1.0, beta=0.0, gamma=0.0, delta=1.0, eps=0.0,
-        )  # fmt: skip
+            "add_linear",
+            src=v.reg,
+            dst=v.reg,
+            map="flatten",
+            in_dims=list(v.dims),
+            out_dims=[],
+            scale=1.0 / s,
+            alpha=1.0,
+            beta=0.0,
+            gamma=0.0,
+            delta=1.0,
+            eps=0.0,
+        )
         # The flattened entries of one position share a variance that differs between
         # positions: not identically distributed, so an activation after it has no closed form
         # (as in Neural Tangents, where Flatten's output is not Gaussian).
         return dataclasses.replace(
-            v, dims=(), channels=None if v.channels is None else v.channels * s, gaussian=False,
+            v,
+            dims=(),
+            channels=None if v.channels is None else v.channels * s,
+            gaussian=False,
             why="the output of Flatten (entries of different positions have different variances)",
-            reversed=False, flattened=True,
-        )  # fmt: skip
+            reversed=False,
+            flattened=True,
+        )
 
     def layer_norm(self, layer: LayerNorm, v: _Value, name) -> _Value:
         ndim = 2 + len(v.dims)
@@ -374,17 +429,22 @@ class _Compiler:
             )
         if len(state) != m:
             raise ValueError(
-                f"{name} has {m} branches but gets {len(state)} (from FanOut({len(state)}) or a parallel of "
+                f"{name} has {m} branch{'es' if m > 1 else ''} but gets {len(state)} (from FanOut({len(state)}) or a parallel of "
                 f"{len(state)}): give one layer or network per branch"
             )
-        return [self.walk(branch, s, f"{path}, branch {b}, ") for b, (branch, s) in enumerate(zip(layer.branches, state))]
+        return [
+            self.walk(branch, s, f"{path}, branch {b}, ")
+            for b, (branch, s) in enumerate(zip(layer.branches, state))
+        ]
 
     def fan_in(self, layer, state, name) -> _Value:
         if not isinstance(state, list):
             raise ValueError(f"{name} joins branches, but gets a single input: split it first with FanOut(n)")
         for b, s in enumerate(state):
             if isinstance(s, list):
-                raise ValueError(f"{name}: its branch {b} holds {len(s)} branches of its own: join them first")
+                raise ValueError(
+                    f"{name}: its branch {b} holds {len(s)} branches of its own: join them first"
+                )
         dims = [s.dims for s in state]
         if any(d != dims[0] for d in dims):
             raise ValueError(
@@ -406,16 +466,27 @@ class _Compiler:
             # Concatenated channels come from branches with different kernels: not identically
             # distributed, so no closed form for an activation after it (as Neural Tangents).
             merged.update(
-                channels=channels, gaussian=False,
+                channels=channels,
+                gaussian=False,
                 why=f"the channel concatenation at {name} (its channels have different kernels)",
-            )  # fmt: skip
+            )
         dst = out.reg
         if weights[0] != 1.0:
             d = list(out.dims)
             self.call(
-                "add_linear", src=dst, dst=dst, map="identity", in_dims=d, out_dims=d, scale=1.0,
-                alpha=weights[0], beta=0.0, gamma=0.0, delta=weights[0], eps=0.0,
-            )  # fmt: skip
+                "add_linear",
+                src=dst,
+                dst=dst,
+                map="identity",
+                in_dims=d,
+                out_dims=d,
+                scale=1.0,
+                alpha=weights[0],
+                beta=0.0,
+                gamma=0.0,
+                delta=weights[0],
+                eps=0.0,
+            )
         for s, w in zip(state[1:], weights[1:]):
             self.call("add_axpy", src=s.reg, dst=dst, weight=w)
             self.free.append(s.reg)
@@ -498,15 +569,23 @@ def compile_network(layers, input_shape, *, diagonal_spatial=None) -> SpatialPla
         )
     in_dims, channels = input_shape[1:-1], input_shape[-1]
     if channels < 1 or any(d < 1 for d in in_dims):
-        raise ValueError(f"inputs must have at least one channel and one position per axis, got shape {input_shape}")
+        raise ValueError(
+            f"inputs must have at least one channel and one position per axis, got shape {input_shape}"
+        )
     for layer in layers:
         if not isinstance(layer, Layer):
             raise TypeError(f"not a fastntk layer: {layer!r}")
     c = _Compiler()
     v = _Value(
-        reg=0, dims=in_dims, channels=channels, gaussian=False, why="the input", fresh=False, reversed=False,
+        reg=0,
+        dims=in_dims,
+        channels=channels,
+        gaussian=False,
+        why="the input",
+        fresh=False,
+        reversed=False,
         flattened=False,
-    )  # fmt: skip
+    )
     out = c.walk(layers, v, "")
     if isinstance(out, list):
         raise ValueError(
@@ -521,10 +600,16 @@ def compile_network(layers, input_shape, *, diagonal_spatial=None) -> SpatialPla
         )
     full = c.pooled or (bool(out.dims) and not diagonal_spatial)
     return SpatialPlan(
-        in_dims=in_dims, channels=channels, full=full, n_registers=c.n_registers, calls=c.calls,
-        activations=c.activations, out_dims=out.dims, reversed=full and out.reversed and bool(out.dims),
+        in_dims=in_dims,
+        channels=channels,
+        full=full,
+        n_registers=c.n_registers,
+        calls=c.calls,
+        activations=c.activations,
+        out_dims=out.dims,
+        reversed=full and out.reversed and bool(out.dims),
         layer_names=c.layer_names,
-    )  # fmt: skip
+    )
 
 
 def build(plan: SpatialPlan, builder, fc_program=None):

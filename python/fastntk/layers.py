@@ -497,9 +497,15 @@ class Conv(SpatialLayer):
     _fields = ("out_chan", "filter_shape", "strides", "padding", "W_std", "b_std", "parameterization")
 
     def __init__(
-        self, out_chan=None, filter_shape=None, strides=None, padding="VALID", W_std=1.0, b_std=0.0,
+        self,
+        out_chan=None,
+        filter_shape=None,
+        strides=None,
+        padding="VALID",
+        W_std=1.0,
+        b_std=0.0,
         parameterization="ntk",
-    ):  # fmt: skip
+    ):
         name = "Conv"
         if out_chan is not None:
             out_chan = _positive_int(name, "out_chan", out_chan)
@@ -508,7 +514,9 @@ class Conv(SpatialLayer):
             raise TypeError(f"{name}: filter_shape is required, e.g. Conv(64, (3, 3))")
         self.filter_shape = _spatial_tuple(name, "filter_shape", filter_shape)
         n = len(self.filter_shape)
-        self.strides = (1,) * n if strides is None else _spatial_tuple(name, "strides", strides, n, "filter_shape")
+        self.strides = (
+            (1,) * n if strides is None else _spatial_tuple(name, "strides", strides, n, "filter_shape")
+        )
         self.padding = _padding(name, padding)
         self.W_std = _real("W_std", name, W_std, nonneg=True)
         self.b_std = None if b_std is None else _real("b_std", name, b_std, nonneg=True)
@@ -540,7 +548,9 @@ class AvgPool(SpatialLayer):
             raise TypeError(f"{name}: window_shape is required, e.g. {name}((2, 2))")
         self.window_shape = _spatial_tuple(name, "window_shape", window_shape)
         n = len(self.window_shape)
-        self.strides = (1,) * n if strides is None else _spatial_tuple(name, "strides", strides, n, "window_shape")
+        self.strides = (
+            (1,) * n if strides is None else _spatial_tuple(name, "strides", strides, n, "window_shape")
+        )
         self.padding = _padding(name, padding)
         if not isinstance(normalize_edges, (bool, np.bool_)):
             raise TypeError(f"{name}: normalize_edges must be True or False, got {normalize_edges!r}")

@@ -255,18 +255,24 @@ class Network:
         key = (tuple(input_shape[1:]), diagonal_spatial)
         plan = self._plans.get(key)
         if plan is None:
-            plan = _spatial_program.compile_network(self.layers, input_shape, diagonal_spatial=diagonal_spatial)
+            plan = _spatial_program.compile_network(
+                self.layers, input_shape, diagonal_spatial=diagonal_spatial
+            )
             self._plans[key] = plan
         return plan
 
-    def _spatial_kernel(self, x1, x2, names, every_layer, device, out, memory_limit, progress, diagonal_spatial):
+    def _spatial_kernel(
+        self, x1, x2, names, every_layer, device, out, memory_limit, progress, diagonal_spatial
+    ):
         for flag, what in (
             (every_layer, "every_layer=True"),
             (out is not None, "out="),
             (memory_limit is not None, "memory_limit="),
         ):
             if flag:
-                raise NotImplementedError(f"{what} is not supported yet for networks on images or with branches")
+                raise NotImplementedError(
+                    f"{what} is not supported yet for networks on images or with branches"
+                )
         on_gpu = any(hasattr(x, "__cuda_array_interface__") for x in (x1, x2))
         if on_gpu or (device if device is not None else _engine.get_default_device()) != "cpu":
             raise NotImplementedError(
@@ -284,7 +290,9 @@ class Network:
             )
         plan = self.spatial_plan(shape1, diagonal_spatial)
         if plan.out_dims == () and diagonal_spatial is not None:
-            raise ValueError("diagonal_spatial is for networks whose output is an image; this one ends in a vector")
+            raise ValueError(
+                "diagonal_spatial is for networks whose output is an image; this one ends in a vector"
+            )
         a1, a2 = _engine.inputs(_rows(x1), None if same else _rows(x2))
         fc = _engine.build_program(_spatial_program.activation_layers(plan), 1)
         fc_ops = [_engine.last_ops(fc)[2 * i + 1] for i in range(len(plan.activations))]
