@@ -57,7 +57,7 @@ from .layers import (
     SumPool,
 )
 
-__all__ = ["SpatialPlan", "compile_network", "build", "MONTE_CARLO_HINT"]
+__all__ = ["SpatialPlan", "compile_network", "build", "activation_layers", "MONTE_CARLO_HINT"]
 
 MONTE_CARLO_HINT = (
     "its kernel has no closed form; estimate it by Monte Carlo over finite networks instead: "
