@@ -710,3 +710,31 @@ def test_activations_with_gaussian_inputs_compile(layers):
     if isinstance(layers[-1], nt.Parallel):
         layers = layers + (nt.FanInConcat(),)
     compile_network(layers, (2, 5, 5, 2))
+
+
+# ---------------------------------------------------------------------------------------
+# Through the native engine (skipped in a build without it): the layout of image outputs
+# against the closed form of a Dense / 1x1 Conv layer, W^2 x[p] . y[q] / C + b^2.
+
+
+def _engine_or_skip():
+    try:
+        _engine.new_spatial_program([1], 1, False, 1)
+    except NotImplementedError:
+        pytest.skip("this build has no spatial engine yet")
+
+
+def test_image_output_layout_end_to_end():
+    _engine_or_skip()
+    rng = np.random.default_rng(7)
+    x1, x2 = rng.standard_normal((3, 2, 4, 5)), rng.standard_normal((2, 2, 4, 5))
+    # [a, b, h, w, h', w']: position (h, w) of x1[a] with (h', w') of x2[b]
+    closed = 1.44 * np.einsum("ahwc,bgvc->abhwgv", x1, x2) / 5 + 0.09
+    k = nt.serial(nt.Dense(3, W_std=1.2, b_std=0.3)).kernel(x1, x2)
+    np.testing.assert_allclose(k.nngp, closed.transpose(0, 1, 2, 4, 3, 5), rtol=1e-13, atol=0)
+    np.testing.assert_allclose(k.ntk, k.nngp, rtol=1e-13, atol=0)  # Theta = Sigma after one layer
+    # one Conv: Neural Tangents' reversed axes (N1, N2, W, W', H, H')
+    k = nt.serial(nt.Conv(3, (1, 1), W_std=1.2, b_std=0.3)).kernel(x1, x2, get="nngp")
+    np.testing.assert_allclose(k, closed.transpose(0, 1, 3, 5, 2, 4), rtol=1e-13, atol=0)
+    k = nt.serial(nt.Conv(3, (1, 1), W_std=1.2, b_std=0.3)).kernel(x1, x2, get="nngp", diagonal_spatial=True)
+    np.testing.assert_allclose(k, np.einsum("abhwhw->abhw", closed), rtol=1e-13, atol=0)
