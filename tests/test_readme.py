@@ -44,6 +44,8 @@ def test_readme_python_blocks_run():
     assert s["theta"].shape == (1000, 1000) and s["theta_full"].shape == (200, 1000, 1, 1)
     assert s["run"].fx_test.shape == (2, 200, 1) and s["run"].loss.shape == (2,)
     assert s["lin"].fx_test.shape == (2, 200, 1)
+    assert s["k_cnn"].nngp.shape == (20, 20) and s["k_cnn"].ntk.shape == (20, 20)
+    assert s["k_map"].shape == (20, 20, 6, 6)
     # t = 100 is well on the way to t = infinity from a network of width 512: the training
     # loss fell, for the network and its linearization alike.
     assert s["run"].loss[1] < s["run"].loss[0] and s["lin"].loss[1] < s["lin"].loss[0]

@@ -235,6 +235,15 @@ def last_ops(prog) -> dict:
     return last
 
 
+def new_spatial_program(in_dims, channels: int, full: bool, n_registers: int):
+    """An empty native spatial (CNN) program, ``_core.SpatialProgram``; filled by
+    :func:`fastntk._spatial_program.build`. NotImplementedError in a build without it."""
+    cls = getattr(_core, "SpatialProgram", None)
+    if cls is None:
+        raise NotImplementedError("this build of fastntk has no spatial (CNN) kernels yet")
+    return cls(in_dims, channels, full, n_registers)
+
+
 def dense_seeds(prog, directions) -> np.ndarray:
     """Seeds (n_ops, P, 3) for the derivatives along P directions, each a (slot, value)
     pair applied to every Dense op: slot 0 = W_std^2, 1 = b_std^2, 2 = the NTK-only bias

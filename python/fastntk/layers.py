@@ -1,7 +1,9 @@
-"""Layers of fully connected networks, with Neural Tangents' names and conventions.
+"""Layers, with Neural Tangents' names and conventions: fully connected ones, convolutional
+and pooling ones for images, and the combinators of residual networks.
 
 A layer is a small immutable description; :func:`fastntk.serial` chains them into a
-network. Each layer knows how to add itself to the native layer program
+network. Images are NHWC: (batch, spatial..., channels), with 1, 2 or 3 spatial axes;
+Dense and every activation act on the channel axis of an image, position by position. Each layer knows how to add itself to the native layer program
 (built by :func:`fastntk._engine.build_program`), which is where its kernel maps live. For finite networks
 (``Network.init``/``apply``/``empirical_ntk``) each activation also evaluates itself and
 its derivative on NumPy arrays (:meth:`Activation.fn`, :meth:`Activation.derivative`).
@@ -36,6 +38,17 @@ __all__ = [
     "Gaussian",
     "Monomial",
     "RectifiedMonomial",
+    "Conv",
+    "AvgPool",
+    "SumPool",
+    "GlobalAvgPool",
+    "GlobalSumPool",
+    "Flatten",
+    "LayerNorm",
+    "FanOut",
+    "FanInSum",
+    "FanInConcat",
+    "Parallel",
 ]
 
 
@@ -386,3 +399,275 @@ class RectifiedMonomial(Activation):
     def derivative(self, x):
         # x >= 0 selects the polynomial branch, also at 0 (JAX's where): 1 for degree 1.
         return np.where(x >= 0, self.degree * x ** (self.degree - 1), 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Images and branches. These layers have no op in the fully connected layer program: a
+# network holding one is compiled by fastntk._spatial_program.
+
+PADDINGS = ("VALID", "SAME", "CIRCULAR")
+MAX_SPATIAL_DIMS = 3
+
+
+def _positive_int(layer: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{layer}: {name} must be an integer >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{layer}: {name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _spatial_tuple(layer: str, name: str, value, n: int | None = None, what: str = "") -> tuple:
+    """value as a tuple of 1 to 3 positive ints (of length n when n is given)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not hasattr(value, "__iter__"):
+        raise TypeError(
+            f"{layer}: {name} must be a tuple of 1 to {MAX_SPATIAL_DIMS} integers >= 1 (one per spatial "
+            f"axis, e.g. (3, 3)), got {value!r}"
+        )
+    items = tuple(value)
+    if not 1 <= len(items) <= MAX_SPATIAL_DIMS:
+        raise ValueError(
+            f"{layer}: {name} must have 1 to {MAX_SPATIAL_DIMS} entries (one per spatial axis), got {value!r}"
+        )
+    if n is not None and len(items) != n:
+        raise ValueError(
+            f"{layer}: {name} must have one entry per spatial axis ({n}, as the {what}), got {value!r}"
+        )
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{layer}: {name} must be a tuple of integers >= 1, got {value!r}")
+        if v < 1:
+            raise ValueError(f"{layer}: {name} must be a tuple of integers >= 1, got {value!r}")
+    return tuple(int(v) for v in items)
+
+
+def _padding(layer: str, padding) -> str:
+    if not isinstance(padding, str) or padding.upper() not in PADDINGS:
+        raise ValueError(f"{layer}: padding must be 'VALID', 'SAME' or 'CIRCULAR', got {padding!r}")
+    return padding.upper()
+
+
+def _parameterization(layer: str, parameterization) -> str:
+    if not isinstance(parameterization, str) or parameterization.lower() not in ("ntk", "standard"):
+        raise ValueError(f"{layer}: parameterization must be 'ntk' or 'standard', got {parameterization!r}")
+    return parameterization.lower()
+
+
+class SpatialLayer(Layer):
+    """Base class of the layers that only make sense on images (convolution, pooling,
+    Flatten) and of the branch combinators; networks holding one compile through
+    :mod:`fastntk._spatial_program`."""
+
+    def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
+        # Reached only from an entry point that takes fully connected networks alone.
+        raise NotImplementedError(
+            f"{type(self).__name__}: this function takes networks of Dense layers and activations only; "
+            "networks with convolutions, pooling or branches have net.kernel (and "
+            "fastntk.monte_carlo_kernel)"
+        )
+
+
+class Conv(SpatialLayer):
+    """Convolution over the spatial axes of NHWC images (1 to 3 spatial axes), weights shared
+    across positions, as ``neural_tangents.stax.Conv``.
+
+    Parameters
+    ----------
+    out_chan : int or None
+        Output channels. Needed by finite networks and, in the standard parameterization,
+        by a later Conv or Dense layer (its fan-in); the ntk kernels do not depend on it.
+    filter_shape : tuple of int
+        Filter size per spatial axis, e.g. ``(3, 3)``; its length is the number of spatial
+        axes of the images it takes.
+    strides : tuple of int, optional
+        Stride per spatial axis; None means 1 on every axis.
+    padding : {'VALID', 'SAME', 'CIRCULAR'}
+        'VALID': no padding, the output shrinks by ``filter - 1``; 'SAME': zero padding,
+        output size ``ceil(n / stride)``; 'CIRCULAR': periodic (wrap-around) padding with the
+        sizes of 'SAME'.
+    W_std : float
+        Weight standard deviation, >= 0.
+    b_std : float or None
+        Bias standard deviation, >= 0; None: no bias. The default 0.0 is a bias initialized
+        at zero, as :class:`Dense` (Neural Tangents' default is None; the two differ only
+        in the standard parameterization's NTK).
+    parameterization : {'ntk', 'standard'}
+        As :class:`Dense`, with fan-in ``channels * prod(filter_shape)``: 'ntk' divides the
+        weights by its square root in the forward pass; 'standard' draws them with variance
+        ``W_std**2 / fan_in``.
+    """
+
+    _fields = ("out_chan", "filter_shape", "strides", "padding", "W_std", "b_std", "parameterization")
+
+    def __init__(
+        self,
+        out_chan=None,
+        filter_shape=None,
+        strides=None,
+        padding="VALID",
+        W_std=1.0,
+        b_std=0.0,
+        parameterization="ntk",
+    ):
+        name = "Conv"
+        if out_chan is not None:
+            out_chan = _positive_int(name, "out_chan", out_chan)
+        self.out_chan = out_chan
+        if filter_shape is None:
+            raise TypeError(f"{name}: filter_shape is required, e.g. Conv(64, (3, 3))")
+        self.filter_shape = _spatial_tuple(name, "filter_shape", filter_shape)
+        n = len(self.filter_shape)
+        self.strides = (
+            (1,) * n if strides is None else _spatial_tuple(name, "strides", strides, n, "filter_shape")
+        )
+        self.padding = _padding(name, padding)
+        self.W_std = _real("W_std", name, W_std, nonneg=True)
+        self.b_std = None if b_std is None else _real("b_std", name, b_std, nonneg=True)
+        self.parameterization = _parameterization(name, parameterization)
+
+
+class AvgPool(SpatialLayer):
+    """Average pooling over windows of the spatial axes, as ``neural_tangents.stax.AvgPool``.
+
+    Parameters
+    ----------
+    window_shape : tuple of int
+        Window size per spatial axis.
+    strides : tuple of int, optional
+        Stride per spatial axis; None means 1 on every axis (Neural Tangents' default, not
+        the window size).
+    padding : {'VALID', 'SAME', 'CIRCULAR'}
+        As :class:`Conv`.
+    normalize_edges : bool
+        With 'SAME' padding: False divides every window by its full size (the zero padding
+        counts), True by the number of positions it covers inside the image.
+    """
+
+    _fields = ("window_shape", "strides", "padding", "normalize_edges")
+
+    def __init__(self, window_shape=None, strides=None, padding="VALID", normalize_edges=False):
+        name = type(self).__name__
+        if window_shape is None:
+            raise TypeError(f"{name}: window_shape is required, e.g. {name}((2, 2))")
+        self.window_shape = _spatial_tuple(name, "window_shape", window_shape)
+        n = len(self.window_shape)
+        self.strides = (
+            (1,) * n if strides is None else _spatial_tuple(name, "strides", strides, n, "window_shape")
+        )
+        self.padding = _padding(name, padding)
+        if not isinstance(normalize_edges, (bool, np.bool_)):
+            raise TypeError(f"{name}: normalize_edges must be True or False, got {normalize_edges!r}")
+        self.normalize_edges = bool(normalize_edges)
+
+
+class SumPool(AvgPool):
+    """Sum pooling over windows of the spatial axes, as ``neural_tangents.stax.SumPool``
+    (arguments as :class:`AvgPool`, without normalize_edges)."""
+
+    _fields = ("window_shape", "strides", "padding")
+
+    def __init__(self, window_shape=None, strides=None, padding="VALID"):
+        super().__init__(window_shape, strides, padding, False)
+
+
+class GlobalAvgPool(SpatialLayer):
+    """The mean over all spatial positions: (N, *spatial, C) -> (N, C)."""
+
+
+class GlobalSumPool(SpatialLayer):
+    """The sum over all spatial positions: (N, *spatial, C) -> (N, C)."""
+
+
+class Flatten(SpatialLayer):
+    """Flattens every non-batch axis: (N, *spatial, C) -> (N, prod(spatial) * C). Its kernel
+    is the mean over positions of the per-position kernels (Neural Tangents' scaling). Its
+    output is not Gaussian per entry (the entries have different variances), so an activation
+    right after Flatten has no closed form: put a Dense layer in between."""
+
+
+class LayerNorm(SpatialLayer):
+    """Layer normalization ``(x - mean) / sqrt(var + eps)`` over ``axis``, as
+    ``neural_tangents.stax.LayerNorm``.
+
+    Parameters
+    ----------
+    axis : int or tuple of int
+        Axes of the input (batch first, channels last) to normalize over; they must include
+        the channel axis (-1). For images either the channel axis alone (per position) or
+        the channel axis with every spatial axis (per image). Not the batch axis.
+    eps : float
+        Added to the variance, >= 0.
+    """
+
+    _fields = ("axis", "eps")
+
+    def __init__(self, axis=-1, eps=1e-12):
+        name = "LayerNorm"
+        items = (axis,) if isinstance(axis, numbers.Integral) and not isinstance(axis, bool) else axis
+        if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+            raise TypeError(f"{name}: axis must be an integer or a tuple of integers, got {axis!r}")
+        items = tuple(items)
+        if not items or any(isinstance(a, bool) or not isinstance(a, numbers.Integral) for a in items):
+            raise TypeError(f"{name}: axis must be an integer or a non-empty tuple of integers, got {axis!r}")
+        self.axis = tuple(int(a) for a in items)
+        self.eps = _real("eps", name, eps, nonneg=True)
+
+
+class FanOut(SpatialLayer):
+    """Copies its input into ``num`` branches (for :func:`fastntk.parallel`)."""
+
+    _fields = ("num",)
+
+    def __init__(self, num):
+        self.num = _positive_int("FanOut", "num", num)
+
+
+class FanInSum(SpatialLayer):
+    """Sums its branches (equal shapes) into one: residual connections."""
+
+
+class FanInConcat(SpatialLayer):
+    """Concatenates its branches along ``axis``: only the channel axis (-1) is supported by
+    the kernels; the kernel is the channel-weighted mean of the branches' kernels.
+
+    Parameters
+    ----------
+    axis : int
+        The concatenation axis; -1 (channels).
+    """
+
+    _fields = ("axis",)
+
+    def __init__(self, axis=-1):
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"FanInConcat: axis must be an integer, got {axis!r}")
+        self.axis = int(axis)
+
+
+class Parallel(SpatialLayer):
+    """Applies branch ``i`` to input branch ``i`` (made by :class:`FanOut` or another
+    Parallel); build it with :func:`fastntk.parallel`.
+
+    Attributes
+    ----------
+    branches : tuple of tuple of Layer
+        The layer sequence of each branch (a layer alone is a sequence of one).
+    """
+
+    _fields = ("branches",)
+
+    def __init__(self, branches):
+        branches = tuple(tuple(b) for b in branches)
+        if not branches:
+            raise ValueError("parallel: needs at least one branch")
+        for i, branch in enumerate(branches):
+            for layer in branch:
+                if not isinstance(layer, Layer):
+                    raise TypeError(f"parallel: branch {i} holds {layer!r}, which is not a fastntk layer")
+        self.branches = branches
+
+    def __repr__(self) -> str:
+        def one(branch):
+            return repr(branch[0]) if len(branch) == 1 else "serial(" + ", ".join(map(repr, branch)) + ")"
+
+        return "parallel(" + ", ".join(one(b) for b in self.branches) + ")"

@@ -4,14 +4,37 @@ a finite one (see :mod:`fastntk.empirical`)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from . import _engine, empirical
+from . import _engine, _spatial_program, empirical
 from ._args import kernel_tuple, parse_get
 from ._progress import check_progress
-from .layers import Dense, Layer
+from .layers import Dense, Layer, Parallel, SpatialLayer
 
-__all__ = ["serial", "Network"]
+__all__ = ["serial", "parallel", "Network"]
+
+
+def _ndim(x) -> int:
+    """x's number of axes, without copying a device array to the host."""
+    ndim = getattr(x, "ndim", None)
+    return int(ndim) if ndim is not None else np.ndim(x)
+
+
+def _rows(x) -> np.ndarray:
+    """An image batch (N, *spatial, C) as the native engine reads it: one row per image, NHWC order."""
+    x = np.asarray(x)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+
+def _walk(layers):
+    """Every layer of a layer sequence, branches of Parallel layers included (depth first)."""
+    for layer in layers:
+        yield layer
+        if isinstance(layer, Parallel):
+            for branch in layer.branches:
+                yield from _walk(branch)
 
 
 class Network:
@@ -19,7 +42,13 @@ class Network:
 
     def __init__(self, layers):
         self.layers = tuple(layers)
-        self._check_order()
+        # A network with convolutions, pooling or branches is checked when its input shape is
+        # known (fastntk._spatial_program): a branch such as serial(Relu(), Conv(...)) is fine
+        # on its own, only the whole graph tells whether its activation gets a Gaussian input.
+        self.is_spatial = any(isinstance(layer, SpatialLayer) for layer in _walk(self.layers))
+        self._plans = {}  # (input shape without N, diagonal_spatial) -> SpatialPlan
+        if not self.is_spatial:
+            self._check_order()
 
     def __repr__(self) -> str:
         return "serial(" + ", ".join(repr(layer) for layer in self.layers) + ")"
@@ -35,7 +64,9 @@ class Network:
                     if last_activation is None:
                         raise ValueError(
                             f"layer {k} ({layer!r}) is an activation with no Dense layer before it: an "
-                            "activation needs a Gaussian input, so it must follow a Dense layer"
+                            "activation needs a Gaussian input, so it must follow a Dense layer (a branch "
+                            "of parallel(...) that starts with an activation: pass its layers as a list, "
+                            "parallel(Identity(), [Relu(), Dense()]))"
                         )
                     raise ValueError(
                         f"layer {k} ({layer!r}) follows another activation (layer {last_activation}, "
@@ -66,8 +97,13 @@ class Network:
         out=None,
         memory_limit=None,
         progress=None,
+        diagonal_spatial=None,
     ):
         """The infinite-width NNGP and/or NTK between the rows of x1 and x2.
+
+        Images (inputs of shape (N, *spatial, C), 1 to 3 spatial axes, channels last) and
+        networks with convolutions, pooling or branches are computed by the spatial engine
+        (see "Images and branches" below); the rest of this description is about vectors.
 
         Parameters
         ----------
@@ -138,9 +174,47 @@ class Network:
         FloatingPointError
             If a kernel overflows float64 in the recursion (e.g. a deep Relu network with
             W_std^2 > 2): the message names the layer where it first stopped being finite.
+
+        Images and branches
+        -------------------
+        x1 : array_like, shape (N1, *spatial, C)
+            Images, channels last (NHWC for 2-D), 1 to 3 spatial axes; or vectors (N1, C) for
+            a branched network of Dense layers. x2: (N2, *spatial, C), the same spatial shape
+            and channels.
+        diagonal_spatial : bool, optional
+            Only for a network whose output is an image (no Flatten or global pooling at the
+            end): True returns the per-position kernels (N1, N2, *spatial_out), from the
+            cheaper diagonal walk (Neural Tangents' ``diagonal_spatial=True``). By default the
+            full covariance between all pairs of output positions, laid out as Neural Tangents
+            does: (N1, N2, H, H, W, W) for 2-D, entry [a, b, h, h', w, w'] between position
+            (h, w) of x1[a] and (h', w') of x2[b]; after an odd number of Conv layers Neural
+            Tangents lists the spatial axes in reverse order, (N1, N2, W, W, H, H), and so does
+            this (so that the arrays compare one to one).
+
+        Returns (N1, N2) for a network ending in Flatten, GlobalAvgPool, GlobalSumPool or on
+        vectors. Computed on the CPU, float64; the full covariance of a pair lives only in a
+        per-thread workspace (memory O(threads * S**2), S the number of positions), never for
+        all pairs at once. Not supported yet for images: ``every_layer``, ``out``,
+        ``memory_limit``, device='cuda' and CuPy inputs (NotImplementedError).
+        Errors before any work, each naming the layer: images of the wrong rank, a filter or
+        pooling window that does not fit a 'VALID' input, spatial layers after Flatten,
+        branches of different shapes or counts, and architectures without a closed-form
+        kernel (an activation whose input is not Gaussian, e.g. right after another
+        activation or after pooling one: use :func:`fastntk.monte_carlo_kernel`).
         """
         names, single = parse_get(get)
         check_progress(progress)
+        if self.is_spatial or _ndim(x1) >= 3:
+            outs = self._spatial_kernel(
+                x1, x2, names, every_layer, device, out, memory_limit, progress, diagonal_spatial
+            )
+            if single:
+                return outs[names[0]]
+            return kernel_tuple(names)(*(outs[n] for n in names))
+        if diagonal_spatial is not None:
+            raise ValueError(
+                "diagonal_spatial is for networks whose output is an image; this network takes vectors"
+            )
         if out is None and memory_limit is not None:
             raise ValueError(
                 "memory_limit bounds the working memory of kernels written into out=...; without out "
@@ -173,6 +247,73 @@ class Network:
         if single:
             return outs[names[0]]
         return kernel_tuple(names)(*(outs[n] for n in names))
+
+    def spatial_plan(self, input_shape, diagonal_spatial=None):
+        """The compiled spatial program of this network for inputs of ``input_shape``
+        ``(N, *spatial, C)`` (cached per shape): see :mod:`fastntk._spatial_program`. Raises
+        the architecture's errors (ValueError, NotImplementedError) without computing."""
+        key = (tuple(input_shape[1:]), diagonal_spatial)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = _spatial_program.compile_network(
+                self.layers, input_shape, diagonal_spatial=diagonal_spatial
+            )
+            self._plans[key] = plan
+        return plan
+
+    def _spatial_kernel(
+        self, x1, x2, names, every_layer, device, out, memory_limit, progress, diagonal_spatial
+    ):
+        for flag, what in (
+            (every_layer, "every_layer=True"),
+            (out is not None, "out="),
+            (memory_limit is not None, "memory_limit="),
+        ):
+            if flag:
+                raise NotImplementedError(
+                    f"{what} is not supported yet for networks on images or with branches"
+                )
+        if device is not None and (not isinstance(device, str) or device.lower() not in ("cpu", "cuda")):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        on_gpu = any(hasattr(x, "__cuda_array_interface__") for x in (x1, x2))
+        if on_gpu or (device.lower() if device is not None else _engine.get_default_device()) != "cpu":
+            raise NotImplementedError(
+                "kernels of networks on images or with branches run on the CPU for now: pass NumPy arrays "
+                "with device='cpu'"
+            )
+        if diagonal_spatial is not None and not isinstance(diagonal_spatial, bool):
+            raise TypeError(f"diagonal_spatial must be True, False or None, got {diagonal_spatial!r}")
+        shape1 = np.shape(x1)
+        same = x2 is None or x2 is x1
+        if not same and (len(np.shape(x2)) != len(shape1) or np.shape(x2)[1:] != shape1[1:]):
+            raise ValueError(
+                f"x1 and x2 must have the same shape but for the first (batch) axis: x1 has shape {shape1}, "
+                f"x2 has shape {np.shape(x2)}"
+            )
+        plan = self.spatial_plan(shape1, diagonal_spatial)
+        if plan.out_dims == () and diagonal_spatial is not None:
+            raise ValueError(
+                "diagonal_spatial is for networks whose output is an image; this one ends in a vector"
+            )
+        a1, a2 = _engine.inputs(_rows(x1), None if same else _rows(x2))
+        fc = _engine.build_program(_spatial_program.activation_layers(plan), 1)
+        fc_ops = [_engine.last_ops(fc)[2 * i + 1] for i in range(len(plan.activations))]
+        sprog = _spatial_program.build(plan, _engine.new_spatial_program, (fc, fc_ops))
+        gram = getattr(_engine, "spatial_gram", None)
+        if gram is None:
+            raise NotImplementedError("this build of fastntk has no spatial (CNN) kernels yet")
+        raw = gram(sprog, a1, a2, names, out_shape_tail=(plan.out_size,), progress=progress)
+        outs = {}
+        for name in names:
+            k = raw[name]
+            if not np.isfinite(k).all():
+                raise FloatingPointError(
+                    f"the {name} kernel of this network is not finite for some pair of inputs (an overflow in "
+                    "the recursion, e.g. W_std**2 > 2 in a deep Relu network, or LayerNorm with eps=0 on an "
+                    "all-zero input)"
+                )
+            outs[name] = plan.to_nt(k)
+        return outs
 
     # ---- Finite networks (every Dense layer needs its out_dim).
 
@@ -265,7 +406,9 @@ def serial(*layers) -> Network:
 
     Each activation must follow a Dense layer (possibly through Identity layers):
     the recursion needs a Gaussian input, so an activation first or two
-    activations in a row raise ValueError.
+    activations in a row raise ValueError. Networks with convolutions, pooling or
+    branches are checked against their input shape when their kernel is computed
+    (a branch may start with an activation: its input comes from the graph).
     """
     flat = []
     for k, layer in enumerate(layers):
@@ -276,3 +419,37 @@ def serial(*layers) -> Network:
         else:
             raise TypeError(f"serial: argument {k} is not a fastntk layer or network: {layer!r}")
     return Network(flat)
+
+
+def parallel(*layers) -> Parallel:
+    """Apply each argument to its own branch, like ``neural_tangents.stax.parallel``:
+    after ``FanOut(n)`` (or another ``parallel``) with n branches, ``parallel`` takes n
+    arguments, branch i going through argument i; a FanIn layer (:class:`FanInSum`,
+    :class:`FanInConcat`) then joins them. Residual block::
+
+        serial(FanOut(2), parallel(Identity(), serial(Relu(), Conv(64, (3, 3), padding='SAME'))), FanInSum())
+
+    Parameters
+    ----------
+    *layers : Layer, Network, or list of Layer and Network
+        One per branch: a layer, a :func:`serial` network, or a list of them (chained). A
+        list is for a branch of fully connected layers that starts with an activation, which
+        :func:`serial` alone refuses (it checks a fully connected network as a whole), e.g.
+        ``parallel(Identity(), [Relu(), Dense(512)])``; the whole network is checked when
+        its kernel is computed.
+    """
+    branches = []
+    for k, layer in enumerate(layers):
+        items = layer if isinstance(layer, list) else [layer]
+        branch = []
+        for item in items:
+            if isinstance(item, Network):
+                branch.extend(item.layers)
+            elif isinstance(item, Layer):
+                branch.append(item)
+            else:
+                raise TypeError(f"parallel: argument {k} is not a fastntk layer or network: {item!r}")
+        branches.append(tuple(branch))
+    if not branches:
+        raise ValueError("parallel: needs at least one branch (one layer or network per branch)")
+    return Parallel(branches)
