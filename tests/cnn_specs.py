@@ -286,3 +286,9 @@ def to_fastntk(spec):
     import fastntk as nt
 
     return nt.serial(*to_fastntk_layers(spec))
+
+
+# Architectures Neural Tangents cannot serve as a reference for: it returns NaN for
+# RectifiedMonomial wherever it meets a correlation of exactly 1 (every position's self
+# covariance of a full-spatial network, every diagonal pair of x2=None).
+ARCHITECTURE_NAMES_WITHOUT_NT = frozenset({"rect_monomial2_flatten", "rect_monomial2_gap"})
