@@ -154,6 +154,13 @@ def architectures():
                 [conv(3, f, s, pad), RELU, conv(2, (2, 2), None, pad)],
                 (5, 5, 2),
             )
+    # CIRCULAR windows larger than the image wrap around more than once (Neural Tangents
+    # pads with np.pad's 'wrap', which repeats the image)
+    A["circular_window_larger_than_input"] = (
+        [conv(3, (3, 4), None, "CIRCULAR"), RELU, conv(2, (5, 2), (2, 1), "CIRCULAR"), RELU,
+         avg_pool((3, 3), None, "CIRCULAR"), GAP],
+        (2, 3, 2),
+    )  # fmt: skip
     A["single_conv_spatial_out"] = ([conv(3, (2, 3), None, "SAME")], (4, 3, 2))
     A["conv3d_spatial_out"] = ([conv(2, (2, 2, 2), None, "CIRCULAR")], (3, 2, 2, 2))
     # activations, with both readouts

@@ -267,11 +267,15 @@ def test_symmetric_and_psd(name, impl, rng):
     spec, shape = ARCHS[name]
     n = 6
     x = rng.standard_normal((n,) + shape)
+    off = ~np.eye(n, dtype=bool)
     for k in kernels(impl, spec, x):
+        swapped = swap_points(k)
         if impl == "fastntk":
-            np.testing.assert_array_equal(k, swap_points(k))  # the mirrored triangle
-        else:
-            np.testing.assert_allclose(k, swap_points(k), rtol=1e-14, atol=0)
+            # pairs a != b: the mirrored triangle, exactly
+            np.testing.assert_array_equal(k[off], swapped[off])
+        # a point with itself: its own S x S covariance, symmetric up to the round-off of
+        # its inner products x_p . x_q vs x_q . x_p (a few ulps of the largest entry)
+        np.testing.assert_allclose(k, swapped, rtol=0, atol=64 * EPS * np.max(np.abs(k)))
         m = as_matrix(k, n, n)
         m = (m + m.T) / 2
         assert np.linalg.eigvalsh(m).min() >= _min_eig_bound(m)
@@ -335,20 +339,25 @@ _ACT_NAMES = sorted(ACTIVATIONS)
 @st.composite
 def cnn_specs(draw):
     """(spec, input shape): 1 to 3 conv blocks (random filter, stride, padding,
-    parameterization, bias, activation, optional pooling) and a readout."""
+    parameterization, bias, activation, optional pooling) and a readout.
+
+    At least 2 input channels: with one channel, a 1x1 first filter and no bias every
+    pair of positions is exactly parallel or antiparallel (correlation +-1 up to an ulp),
+    where the arc-cosine NTK factors lose half the digits in any implementation (see
+    test_d_equals_one in tests/test_properties.py)."""
     nd = draw(st.integers(1, 2))
     dims = [draw(st.integers(2, 5)) for _ in range(nd)]
     if nd == 2:
         dims[1] = min(dims[1], 4)
-    shape = tuple(dims) + (draw(st.integers(1, 3)),)
+    shape = tuple(dims) + (draw(st.integers(2, 3)),)
     par = draw(st.sampled_from(["ntk", "standard"]))
     spec = []
     for _ in range(draw(st.integers(1, 3))):
         pad = draw(st.sampled_from(["VALID", "SAME", "CIRCULAR"]))
         f = tuple(draw(st.integers(1, 3)) for _ in range(nd))
         s = tuple(draw(st.integers(1, 2)) for _ in range(nd))
-        if pad == "VALID" and any(k > n for k, n in zip(f, dims)):
-            pad = "SAME"
+        if pad != "SAME" and any(k > n for k, n in zip(f, dims)):
+            pad = "SAME"  # VALID cannot; CIRCULAR can (wrapping twice), tested by name
         b_std = draw(st.sampled_from([None, 0.0, 0.3]))
         spec.append(conv(draw(st.integers(1, 4)), f, s, pad, draw(st.floats(0.5, 1.5)), b_std, par))
         dims = [out_size_and_pad(n, k, st_, pad)[0] for n, k, st_ in zip(dims, f, s)]
@@ -356,6 +365,8 @@ def cnn_specs(draw):
         if draw(st.booleans()):
             w = tuple(draw(st.integers(1, 2)) for _ in range(nd))
             ppad = draw(st.sampled_from(["SAME", "CIRCULAR"]))
+            if any(k > n for k, n in zip(w, dims)):
+                ppad = "SAME"
             spec.append(avg_pool(w, None, ppad, draw(st.booleans())))
     readout = draw(st.sampled_from(["flatten", "gap", "none"]))
     if readout != "none":
