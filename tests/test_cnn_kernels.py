@@ -389,3 +389,30 @@ def test_random_architectures_match_reference(case):
     x1, x2 = rng.standard_normal((3,) + shape), rng.standard_normal((2,) + shape)
     k = to_fastntk(spec).kernel(x1, x2)
     check_against_reference((k.nngp, k.ntk), spec, x1, x2)
+
+
+@pytest.mark.parametrize(
+    "name, reversed_",
+    [
+        ("single_conv_spatial_out", True),  # one Conv flips Neural Tangents' axis order
+        ("resnet_spatial_out", True),  # Conv, then a sum of a 2-Conv branch and the identity
+        ("conv3d_spatial_out", True),
+        ("concat_spatial_out", False),  # one of two branches reversed: a tie is not reversed
+        ("conv_SAME_3x2_sNone", False),  # two Convs
+    ],
+)
+def test_reference_layouts(name, reversed_, rng):
+    """The full layout interleaves the two positions' axes, in reverse axis order after an
+    odd number of Convs; the diagonal layout (N1, N2, *dims) holds its same-position entries."""
+    spec, shape = ARCHS[name]
+    x1, x2 = rng.standard_normal((3,) + shape), rng.standard_normal((2,) + shape)
+    full = cnn_kernels_ref(spec, x1, x2)
+    diag = cnn_kernels_ref(spec, x1, x2, spatial="diagonal")
+    for f, d in zip(full, diag):
+        dims = d.shape[2:]
+        axes = dims[::-1] if reversed_ else dims
+        assert f.shape == (3, 2) + tuple(n for n in axes for _ in (0, 1))
+        for idx in np.ndindex(*dims):
+            pos = idx[::-1] if reversed_ else idx
+            fidx = (slice(None), slice(None)) + tuple(i for i in pos for _ in (0, 1))
+            np.testing.assert_array_equal(f[fidx], d[(slice(None), slice(None)) + idx])
