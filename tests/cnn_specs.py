@@ -190,6 +190,10 @@ def architectures():
         [conv(3, (2, 2)), layer_norm((1, 2, 3)), RELU, conv(2, (2, 2)), RELU, GAP],
         (4, 3, 2),
     )
+    A["layer_norm_spatial_flatten"] = (
+        [conv(3, (2, 2)), layer_norm((1, 2, 3)), RELU, conv(2, (3, 2), (2, 1)), RELU, FLATTEN, dense(1)],
+        (5, 3, 2),
+    )
     A["layer_norm_eps"] = (
         [conv(3, (2, 2), b_std=0.0), layer_norm(-1, 0.5), ACTIVATIONS["erf"], GAP],
         (4, 3, 2),
