@@ -505,3 +505,28 @@ def test_monte_carlo_pooled_residual_against_reference():
         d = np.sqrt(np.abs(np.diag(k_inf)))
         bias = 1.0 * (2 - 1) / n * d[:, None] * d[None, :]
         assert np.all(np.abs(mean - k_inf) <= 5 * se + bias), (name, mean, k_inf, se)
+
+
+def test_overflow_names_the_layer(rng):
+    """A signal that overflows float64 raises FloatingPointError naming the first layer whose
+    output is not finite (never NaN results): Exp after a conv with a huge W_std."""
+    net = nt.serial(nt.Conv(2, (2, 2), W_std=1e3), nt.Exp(), nt.Flatten(), nt.Dense(1))
+    params = net.init(0, (3, 3, 1))
+    x = rng.standard_normal((2, 3, 3, 1)) * 10
+    with pytest.raises(FloatingPointError, match=r"layer 1 \(Exp"):
+        net.apply(params, x)
+    with pytest.raises(FloatingPointError, match=r"layer 1 \(Exp"):
+        net.empirical_ntk(params, x)
+
+
+def test_monte_carlo_shapes_and_single_get(rng):
+    """Image outputs keep Neural Tangents' layout; a single name returns that array, equal
+    to the same field of the tuple (the same networks)."""
+    net = nt.serial(nt.Conv(3, (2, 2), padding="SAME", b_std=0.1), nt.Relu(), nt.Conv(2, (1, 1)))
+    x = rng.standard_normal((2, 3, 4, 1))
+    both = nt.monte_carlo_kernel(net, x, n_samples=3, seed=1)
+    assert both.nngp.shape == both.ntk.shape == (2, 2, 3, 3, 4, 4)
+    ntk = nt.monte_carlo_kernel(net, x, n_samples=3, seed=1, get="ntk", batch_size=1)
+    np.testing.assert_allclose(ntk, both.ntk, rtol=1e-13, atol=1e-13 * np.abs(ntk).max())
+    full = nt.monte_carlo_kernel(net, x, n_samples=2, seed=1, get="nngp", trace_axes=())
+    assert full.shape == (2, 2, 3, 3, 4, 4, 2, 2)

@@ -432,14 +432,17 @@ def _windows(h, window, strides, geo, circular) -> np.ndarray:
     return np.stack([v for _, v in _window_views(hp, window, strides, geo)], axis=-2)
 
 
-def _windows_transpose(g, window, strides, geo, spatial, circular, per_offset: bool) -> np.ndarray:
-    """The transpose of the window gather: g (B, *out_spatial, K, C) with per_offset (one
-    slice per offset, for a convolution), else (B, *out_spatial, C) shared by every offset
-    (a pool), back onto the input's positions (B, *spatial, C)."""
+def _windows_transpose(
+    slab, batch: int, channels: int, window, strides, geo, spatial, circular
+) -> np.ndarray:
+    """The transpose of the window gather: the sum over offsets u of ``slab(u)`` (B,
+    *out_spatial, C), the cotangent of the window's offset u (row-major index), put back
+    where that offset read from; returns (B, *spatial, C). One offset at a time, so no
+    temporary is K times the activation."""
     padded = tuple(n + lo + hi for n, (_, lo, hi) in zip(spatial, geo))
-    gp = np.zeros((g.shape[0],) + padded + (g.shape[-1],))
+    gp = np.zeros((batch,) + padded + (channels,))
     for index, view in _window_views(gp, window, strides, geo):
-        view += g[..., index, :] if per_offset else g
+        view += slab(index)
     return _unpad(gp, geo, spatial, circular)
 
 
@@ -522,11 +525,15 @@ def _affine_forward(layer, W, b, h, ctx: _Ctx, grad_in: bool):
         if not grad_in:
             return None
         gf, back = _flat(g)
-        gcols = _matmul(gf, W2.T) * c_w  # (B, *out_spatial, k * c_in)
         if k == 1:
-            return back(gcols)
-        gcols = gcols.reshape(gcols.shape[:-1] + (k, c_in))
-        return back(_windows_transpose(gcols, window, strides, geo, spatial, circular, True))
+            return back(_matmul(gf, W2.T * c_w))
+        # offset u read h[s p + u] with weights W[u]: its cotangent is c_W * g @ W[u]^T
+        W3t = (W.reshape(k, c_in, c_out) * c_w).transpose(0, 2, 1)
+        return back(
+            _windows_transpose(
+                lambda u: _matmul(gf, W3t[u]), gf.shape[0], c_in, window, strides, geo, spatial, circular
+            )
+        )
 
     return z, backward
 
@@ -566,7 +573,11 @@ def _pool_forward(layer, h, ctx: _Ctx, grad_in: bool):
         gf, back = _flat(g)
         if scale is not None:
             gf = gf * scale
-        return back(_windows_transpose(gf, window, strides, geo, spatial, circular, False))
+        return back(
+            _windows_transpose(
+                lambda u: gf, gf.shape[0], gf.shape[-1], window, strides, geo, spatial, circular
+            )
+        )
 
     return z, backward
 
