@@ -325,11 +325,8 @@ def init(net, rng: np.random.Generator, input_shape) -> list:
     return _draw(net.layers, rng, shape)
 
 
-def _check_params(layers, params, shape, prefix: tuple = ()) -> list:
+def _check_params(layers, params, shape, prefix: tuple = (), where: str = "params") -> list:
     if not isinstance(params, (list, tuple)) or len(params) != len(layers):
-        where = (
-            "params" if not prefix else "params of " + _where(prefix[:-1], "branch") + f" branch {prefix[-1]}"
-        )
         raise ValueError(
             f"{where} must be a list with one entry per layer ({len(layers)} layers: (W, b) for Dense and "
             f"Conv, a list per branch for parallel, () otherwise), got {describe_sequence(params)}"
@@ -362,7 +359,7 @@ def _check_params(layers, params, shape, prefix: tuple = ()) -> list:
                 )
             checked.append(
                 [
-                    _check_params(br, pb, s, prefix + (k, i))
+                    _check_params(br, pb, s, prefix + (k, i), f"{name}: branch {i}")
                     for i, (br, pb, s) in enumerate(zip(layer.branches, p, shape))
                 ]
             )
@@ -458,7 +455,7 @@ class _Ctx:
 
     def __init__(self, keep: bool):
         self.keep = keep
-        self.terms = []  # filled by the backward pass: per trainable layer, see _Features
+        self.terms = []  # filled by the backward pass: per trainable layer, see Features
 
 
 def _flat(g):

@@ -10,6 +10,11 @@ is also a finite network:
 - :func:`monte_carlo_kernel` averages them over independent initializations, which
   approaches ``net.kernel`` as the widths grow.
 
+Networks with convolutions, pooling, Flatten, LayerNorm or branches, and any network
+called on images (N, *spatial, C), are handled by :mod:`fastntk._finite_spatial` (its
+docstring gives their parameter layout: HWIO filters, a list per branch); what follows
+describes fully connected networks on (N, d) inputs, whose path is unchanged.
+
 Parameters
 ----------
 ``params`` is a list with one entry per layer of ``net.layers``: ``(W, b)`` for a Dense
