@@ -48,6 +48,7 @@ import numbers
 
 import numpy as np
 
+from . import _engine
 from ._args import check_finite, real_array
 from ._arrays import is_cupy
 from ._finite import describe_sequence, multipliers
@@ -487,13 +488,12 @@ def _affine_forward(layer, W, b, h, ctx: _Ctx, grad_in: bool):
     if ctx.keep or k == 1:
         cols = h if k == 1 else _windows(h, window, strides, geo, circular)
         cols = cols.reshape((n,) + out_spatial + (k * c_in,))
-        z = _matmul(cols, W2) * c_w
+        z = _matmul(cols, W2, c_w)
     else:  # no im2col copy: one product per offset
         z = np.zeros((n,) + out_spatial + (c_out,))
         W3 = W.reshape(k, c_in, c_out)
         for index, view in _window_views(_pad(h, geo, circular), window, strides, geo):
-            z += _matmul(view, W3[index])
-        z *= c_w
+            z += _matmul(view, W3[index], c_w)
     if b is not None and c_b != 0.0:
         z += c_b * b
     if not ctx.keep:
@@ -508,36 +508,47 @@ def _affine_forward(layer, W, b, h, ctx: _Ctx, grad_in: bool):
         else:
             s = math.prod(out_spatial)
             d = g.reshape(n, m, s, c_out)
-            # per-example weight gradient c_W * cols^T @ delta, one product per point
-            jw = np.matmul(
-                cols.reshape(n, s, k * c_in).transpose(0, 2, 1),
-                d.transpose(0, 2, 1, 3).reshape(n, s, m * c_out),
-            )
-            jw = jw.reshape(n, k * c_in, m, c_out).transpose(0, 2, 1, 3).reshape(n, m, k * c_in * c_out)
-            jw *= c_w
-            parts = [jw]
+            # Per-example gradients, one product per point: row (o, c_out) of
+            # c_W * delta^T @ windows is d f_o / d W[:, c_out] (W flattened as (c_out, k c_in):
+            # any fixed order of the parameters gives the same inner products).
+            width = k * c_in * c_out + (c_out if b is not None else 0)
+            grads = np.empty((n, m, width))
+            cols3 = cols.reshape(n, s, k * c_in)
+            for i in range(n):
+                dt = d[i].transpose(0, 2, 1).reshape(m * c_out, s)
+                grads[i, :, : k * c_in * c_out] = _engine.matmul(dt, cols3[i], c_w).reshape(m, -1)
             if b is not None:
-                parts.append(c_b * d.sum(axis=2))
-            ctx.terms.append(("grad", np.concatenate(parts, axis=2) if len(parts) > 1 else jw))
+                grads[:, :, k * c_in * c_out :] = c_b * d.sum(axis=2)
+            ctx.terms.append(("grad", grads))
         if not grad_in:
             return None
         gf, back = _flat(g)
         if k == 1:
-            return back(_matmul(gf, W2.T * c_w))
+            return back(_matmul(gf, W2, c_w, trans_b=True))
         # offset u read h[s p + u] with weights W[u]: its cotangent is c_W * g @ W[u]^T
-        W3t = (W.reshape(k, c_in, c_out) * c_w).transpose(0, 2, 1)
+        W3 = W.reshape(k, c_in, c_out)
         return back(
             _windows_transpose(
-                lambda u: _matmul(gf, W3t[u]), gf.shape[0], c_in, window, strides, geo, spatial, circular
-            )
+                lambda u: _matmul(gf, W3[u], c_w, trans_b=True),
+                gf.shape[0],
+                c_in,
+                window,
+                strides,
+                geo,
+                spatial,
+                circular,
+            )  # fmt: skip
         )
 
     return z, backward
 
 
-def _matmul(a, b):
-    """a (..., p) @ b (p, q) as one 2-D product."""
-    return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
+def _matmul(a, b, alpha: float = 1.0, trans_b: bool = False):
+    """alpha * a (..., p) @ b (p, q) (b (q, p) transposed with trans_b) as one 2-D product,
+    on fastntk's BLAS and thread team (:func:`fastntk._engine.matmul`: NumPy's BLAS threads
+    would alternate with it and, on a busy machine, slow small products twentyfold)."""
+    out = _engine.matmul(a.reshape(-1, a.shape[-1]), np.ascontiguousarray(b), alpha, trans_b=trans_b)
+    return out.reshape(a.shape[:-1] + (out.shape[-1],))
 
 
 def _pool_forward(layer, h, ctx: _Ctx, grad_in: bool):
@@ -820,7 +831,7 @@ def _gram(x1, x2, out_shape, traced):
     b = a if x2 is None else _fold(x2, out_shape, traced)[0]
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    g = (a @ b.T).reshape((n1,) + kept + (n2,) + kept)
+    g = _matmul(a, b, trans_b=True).reshape((n1,) + kept + (n2,) + kept)
     r = len(kept)
     # zip the two points' kept axes: (n1, n2, k1, k1', ...), Neural Tangents' order
     order = (0, r + 1) + tuple(x for i in range(r) for x in (1 + i, r + 2 + i))
@@ -852,7 +863,7 @@ def block(f1: Features, f2, out_shape: tuple, traced: tuple, names) -> dict:
                     out_shape,
                     traced,
                 )
-                scale = w2 * (h1 @ (h1 if f2 is None else h2).T) + b2
+                scale = w2 * _matmul(h1, h1 if f2 is None else h2, trans_b=True) + b2
                 term *= scale.reshape(scale.shape + (1,) * (term.ndim - 2))
             total = term if total is None else total + term
         if total is None:  # no trainable layer
