@@ -486,6 +486,8 @@ def test_unsupported_options_for_images():
         net.kernel(x, memory_limit="1GB")
     with pytest.raises(NotImplementedError, match="run on the CPU for now"):
         net.kernel(x, device="cuda")
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'gpu'"):
+        net.kernel(x, device="gpu")
     with pytest.raises(ValueError, match="get"):
         net.kernel(x, get="cov1")
     with pytest.raises(

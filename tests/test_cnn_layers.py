@@ -634,7 +634,10 @@ def test_calls_vectors_with_branches():
         nt.Dense(1),
     )
     plan, args, calls = record(net, (5, 6))
-    assert args == ([], 6, False, 2) and plan.out_dims == () and plan.nt_shape(5, 4) == (5, 4)
+    # vectors go to the native program as images of one position
+    assert args == ([1], 6, False, 2) and plan.out_dims == () and plan.nt_shape(5, 4) == (5, 4)
+    assert plan.out_size == 1
+    assert calls[0] == linear(0, 0, "identity", (1,), (1,), alpha=1.0, gamma=1.0, delta=1.0)
     assert [c[0] for c in calls] == [
         "add_linear",
         "add_copy",

@@ -57,7 +57,7 @@ from .layers import (
     SumPool,
 )
 
-__all__ = ["SpatialPlan", "compile_network", "build", "MONTE_CARLO_HINT"]
+__all__ = ["SpatialPlan", "compile_network", "build", "activation_layers", "MONTE_CARLO_HINT"]
 
 MONTE_CARLO_HINT = (
     "its kernel has no closed form; estimate it by Monte Carlo over finite networks instead: "
@@ -617,8 +617,13 @@ def build(plan: SpatialPlan, builder, fc_program=None):
     ``SpatialProgram``, or a test's recorder) and return it. ``fc_program``: an FC program
     whose op ``fc_ops[i]`` is activation i (see :func:`activation_ops`), as ``(program,
     fc_ops)``."""
-    prog = builder(list(plan.in_dims), plan.channels, plan.full, plan.n_registers)
+    # The native program takes images of 1 to 3 spatial axes: vectors (a branched network of
+    # Dense layers) go as images of one position, whose only ops are per-position ones.
+    lift = not plan.in_dims
+    prog = builder(list(plan.in_dims) or [1], plan.channels, plan.full, plan.n_registers)
     for name, kwargs in plan.calls:
+        if lift and "in_dims" in kwargs:
+            kwargs = dict(kwargs, in_dims=kwargs["in_dims"] or [1], out_dims=kwargs["out_dims"] or [1])
         if name == "add_activation":
             fc, ops = fc_program
             prog.add_activation(src_dst=kwargs["src_dst"], fc_program=fc, op_index=ops[kwargs["op_index"]])

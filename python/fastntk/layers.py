@@ -459,8 +459,11 @@ class SpatialLayer(Layer):
     :mod:`fastntk._spatial_program`."""
 
     def _emit(self, program, n_in: float, ntk_bias: float = 0.0) -> None:
-        raise TypeError(
-            f"{self!r} has no fully connected kernel op; networks with it are compiled as spatial networks"
+        # Reached only from an entry point that takes fully connected networks alone.
+        raise NotImplementedError(
+            f"{type(self).__name__}: this function takes networks of Dense layers and activations only; "
+            "networks with convolutions, pooling or branches have net.kernel (and "
+            "fastntk.monte_carlo_kernel)"
         )
 
 

@@ -273,8 +273,10 @@ class Network:
                 raise NotImplementedError(
                     f"{what} is not supported yet for networks on images or with branches"
                 )
+        if device is not None and (not isinstance(device, str) or device.lower() not in ("cpu", "cuda")):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         on_gpu = any(hasattr(x, "__cuda_array_interface__") for x in (x1, x2))
-        if on_gpu or (device if device is not None else _engine.get_default_device()) != "cpu":
+        if on_gpu or (device.lower() if device is not None else _engine.get_default_device()) != "cpu":
             raise NotImplementedError(
                 "kernels of networks on images or with branches run on the CPU for now: pass NumPy arrays "
                 "with device='cpu'"
