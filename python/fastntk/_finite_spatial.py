@@ -763,28 +763,32 @@ def features(net, params, x, ntk: bool) -> Features:
 
 
 def feature_bytes(net, params, input_shape: tuple, ntk: bool) -> int:
-    """Rough bytes per point of Features and the passes' temporaries (for batch sizes)."""
-    out = output_shape(net, input_shape)
-    m = math.prod(out)
-    total = m
+    """Bytes per point of what a batch holds at its peak, for choosing batch sizes: the
+    outputs; what the forward pass keeps for the backward one (every activation's slope,
+    every convolution's windows); every trainable layer's per-example gradients (M outputs
+    times its parameters); and the cotangents of the largest layer (input and output, M
+    of each, plus one as many again for the products' temporaries)."""
+    m = math.prod(output_shape(net, input_shape))
+    kept, grads, widest = 0, 0, 0
 
     def visit(layers, ps, shape):
-        nonlocal total
+        nonlocal kept, grads, widest
         for k, (layer, p) in enumerate(zip(layers, ps)):
             new = _out_shape(layer, (k,), shape)
-            if isinstance(new, tuple) and isinstance(shape, tuple):
-                total += 2 * (math.prod(shape) + math.prod(new)) * (m if ntk else 1)
-            if ntk and isinstance(layer, (Dense, Conv)):
-                total += m * p[0].size + m * new[-1]
-                if isinstance(layer, Conv):
-                    total += math.prod(new[:-1]) * p[0].size // new[-1]
             if isinstance(layer, Parallel):
                 for br, pb, s in zip(layer.branches, p, shape):
                     visit(br, pb, s)
+            elif isinstance(new, tuple) and isinstance(shape, tuple):
+                size = math.prod(shape) + math.prod(new)
+                widest = max(widest, size)
+                kept += size  # the forward pass's arrays (an upper bound on what it keeps)
+                if isinstance(layer, (Dense, Conv)):
+                    grads += p[0].size + new[-1]
+                    kept += math.prod(new[:-1]) * p[0].size // new[-1]  # the windows
             shape = new
 
     visit(net.layers, params, tuple(input_shape))
-    return 8 * total
+    return 8 * (m + kept + (m * grads + 3 * m * widest if ntk else 0))
 
 
 def parse_trace_axes(trace_axes, out_ndim: int) -> tuple:
