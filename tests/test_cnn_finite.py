@@ -565,3 +565,14 @@ def test_monte_carlo_gap_error_shrinks_like_inverse_sqrt_width():
     assert abs(slope + 1) <= 4 * se, (slope, se)
     mean, se_mean = ks.mean(axis=0), ks.std(axis=0, ddof=1) / math.sqrt(len(ks))
     assert np.all(np.abs(mean - ntk_inf) <= 5 * se_mean), (mean, ntk_inf, se_mean)
+
+
+def test_training_refuses_spatial_networks_clearly():
+    """fastntk.training has no spatial path yet: a TypeError naming the layer and what to
+    use instead, before any work."""
+    net = nt.serial(nt.Conv(2, (2, 2)), nt.Relu(), nt.Flatten(), nt.Dense(1))
+    params = net.init(0, (3, 3, 1))
+    with pytest.raises(
+        TypeError, match=r"layer 0 \(Conv.*fastntk.training .*Dense layers and activations only"
+    ):
+        nt.linearize(net, params)(params, np.ones((2, 3, 3, 1)))
