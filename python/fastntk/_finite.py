@@ -26,8 +26,14 @@ def check_widths(net) -> None:
                 f"layer {k} ({layer!r}) has no out_dim: a finite network needs the width of every Dense "
                 "layer; give it out_dim"
             )
-        if not isinstance(layer, (Dense, Activation, Identity)):  # pragma: no cover - future layers
-            raise TypeError(f"layer {k} ({layer!r}) is not supported by finite networks yet")
+        if not isinstance(layer, (Dense, Activation, Identity)):
+            # Networks with images or branches have their own finite path
+            # (fastntk._finite_spatial), which the functions reaching here do not take yet.
+            raise TypeError(
+                f"layer {k} ({layer!r}): fastntk.training (linearize, train_mse, jvp, vjp) takes networks of "
+                "Dense layers and activations only; for networks with convolutions, pooling or branches use "
+                "net.init, net.apply, net.empirical_ntk / empirical_nngp and fastntk.monte_carlo_kernel"
+            )
 
 
 def multipliers(layer: Dense, fan_in: int) -> tuple[float, float]:

@@ -10,6 +10,11 @@ is also a finite network:
 - :func:`monte_carlo_kernel` averages them over independent initializations, which
   approaches ``net.kernel`` as the widths grow.
 
+Networks with convolutions, pooling, Flatten, LayerNorm or branches, and any network
+called on images (N, *spatial, C), are handled by :mod:`fastntk._finite_spatial` (its
+docstring gives their parameter layout: HWIO filters, a list per branch); what follows
+describes fully connected networks on (N, d) inputs, whose path is unchanged.
+
 Parameters
 ----------
 ``params`` is a list with one entry per layer of ``net.layers``: ``(W, b)`` for a Dense
@@ -44,7 +49,7 @@ import numbers
 
 import numpy as np
 
-from . import _arrays, _engine
+from . import _arrays, _engine, _finite_spatial
 from ._args import all_finite, kernel_tuple, parse_get
 from ._finite import (
     check_input,
@@ -87,8 +92,21 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
-def init(net, seed, input_dim: int) -> list:
-    """Draw the parameters of a finite network (see :meth:`fastntk.Network.init`)."""
+def _spatial(net, *inputs) -> bool:
+    """Networks with images or branches, or called on images, go to fastntk._finite_spatial."""
+    return _finite_spatial.is_spatial(net) or any(
+        x is not None and not _arrays.is_cupy(x) and np.ndim(x) > 2 for x in inputs
+    )
+
+
+def init(net, seed, input_dim) -> list:
+    """Draw the parameters of a finite network (see :meth:`fastntk.Network.init`).
+
+    input_dim: an int (flat inputs), or the shape of one input (*spatial, C) for images
+    (Neural Tangents' (-1, *spatial, C) is taken too)."""
+    if _spatial(net) or isinstance(input_dim, (tuple, list)):
+        shape = _finite_spatial.parse_input_shape(input_dim)
+        return _finite_spatial.init(net, _rng(seed), shape)
     check_widths(net)
     input_dim = _positive_int(input_dim, "input_dim")
     rng = _rng(seed)
@@ -271,6 +289,8 @@ def _fill_blocks(net, params, a1, a2, outs: dict, trace: bool, scale: float, acc
 
 def kernels(net, params, x1, x2, names: tuple, trace_axes, batch_size=None) -> dict:
     """The empirical kernels `names` of one network: {name: array}."""
+    if _spatial(net, x1, x2):
+        return _spatial_kernels(net, params, x1, x2, names, trace_axes, batch_size)
     trace = parse_trace_axes(trace_axes)
     checked, input_dim = check_params(net, params)
     a1 = check_input(x1, "x1", input_dim)
@@ -299,6 +319,14 @@ def _check_kernels(net, params, a1, a2, outs: dict) -> None:
 
 def apply(net, params, x) -> np.ndarray:
     """The network's outputs (see :meth:`fastntk.Network.apply`)."""
+    if _spatial(net, x):
+        a = _finite_spatial.check_input(x, "x")
+        checked = _finite_spatial.check_params(net, params, a.shape[1:])
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, with its layer
+            f = _finite_spatial.forward(net, checked, a)
+        if not all_finite(f):
+            raise _spatial_non_finite(net, checked, {"x": a}, "network's output")
+        return f
     xp = namespace({"x": x, **tree_arrays(params, "params")})  # CuPy in, CuPy out (see fastntk.training)
     with device_context(x):
         checked, input_dim = check_params(net, params, xp)
@@ -326,13 +354,18 @@ def monte_carlo_kernel(
     ``net.kernel(x1, x2)`` (with trace_axes=(-1,); with trace_axes=() its blocks approach
     ``net.kernel * I``).
 
+    Networks with convolutions, pooling or branches (and any network on images) are
+    supported too (:mod:`fastntk._finite_spatial`): there the result has Neural Tangents'
+    shape, (N1, N2) for a flat output with trace_axes=(-1,), and for an image output
+    (N1, N2, H, H, W, W) (each untraced output axis twice, side by side).
+
     Parameters
     ----------
     net : fastntk.Network
-        A network whose Dense layers all have an out_dim.
-    x1 : array_like, shape (N1, d)
+        A network whose Dense layers all have an out_dim (and Conv layers an out_chan).
+    x1 : array_like, shape (N1, d) or (N1, *spatial, C)
         Inputs, any real dtype (computed in float64).
-    x2 : array_like, shape (N2, d), optional
+    x2 : array_like, shape (N2, d) or (N2, *spatial, C), optional
         Second inputs; None (or x1 itself) means x1, computed with the symmetry.
     n_samples : int
         Number of networks, >= 1.
@@ -342,7 +375,8 @@ def monte_carlo_kernel(
         'nngp', 'ntk' or a tuple of them (a single name returns that array).
     trace_axes : tuple
         (-1,): average over the outputs (shape (N1, N2)); (): the full (N1, N2, n_out, n_out)
-        kernel.
+        kernel. For networks with images or branches, any set of output axes but the batch
+        axis (each traced axis contracted and divided by its size).
     batch_size : int, optional
         Points that go through a network at a time; None: all at once unless their
         features would take more than half of the free memory. Networks are drawn one at a
@@ -354,6 +388,11 @@ def monte_carlo_kernel(
     numpy.ndarray, float64, or a named tuple of them (fields in the order of get).
     """
     names, single = parse_get(get)
+    if _spatial(net, x1, x2):
+        outs = _spatial_monte_carlo(net, x1, x2, n_samples, seed, names, trace_axes, batch_size)
+        if single:
+            return outs[names[0]]
+        return kernel_tuple(names)(*(outs[n] for n in names))
     n_samples = _positive_int(n_samples, "n_samples")
     if isinstance(seed, np.random.Generator):
         raise TypeError(
@@ -394,3 +433,127 @@ def monte_carlo_kernel(
     if single:
         return outs[names[0]]
     return kernel_tuple(names)(*(outs[n] for n in names))
+
+
+# ---------------------------------------------------------------------------------------
+# Networks with images or branches (fastntk._finite_spatial).
+
+
+def _spatial_non_finite(net, params, inputs: dict, what: str) -> FloatingPointError:
+    advice = "scale the inputs or the parameters down (a smaller W_std, fewer layers)"
+    for name, a in inputs.items():
+        found = None if a is None else _finite_spatial.first_non_finite(net, params, a)
+        if found is not None:
+            where, row = found
+            return FloatingPointError(
+                f"fastntk: the {what} is not finite (NaN or Inf): for row {row} of {name} the signal overflows "
+                f"float64 at {where}; {advice}"
+            )
+    return FloatingPointError(
+        f"fastntk: the {what} is not finite (NaN or Inf): it overflows float64; {advice}"
+    )
+
+
+def _spatial_inputs(x1, x2):
+    a1 = _finite_spatial.check_input(x1, "x1")
+    a2 = None
+    if x2 is not None and x2 is not x1:
+        a2 = _finite_spatial.check_input(x2, "x2")
+        if a2.shape[1:] != a1.shape[1:]:
+            raise ValueError(
+                f"x1 and x2 must have the same shape per point: x1 has shape {a1.shape}, x2 has shape {a2.shape}"
+            )
+    return a1, a2
+
+
+def _spatial_fill(net, params, a1, a2, outs: dict, traced: tuple, out_shape: tuple, scale: float,
+                  accumulate: bool, batch_size: int) -> None:  # fmt: skip
+    """outs[name] (= or +=) scale * the empirical kernels, batch by batch (a2 None: x1
+    with itself, the upper blocks computed and mirrored)."""
+    names = tuple(outs)
+    ntk = "ntk" in names
+    symmetric = a2 is None
+    n1 = a1.shape[0]
+    blocks1 = _row_blocks(n1, batch_size)
+    blocks2 = blocks1 if symmetric else _row_blocks(a2.shape[0], batch_size)
+
+    def put(i0, i1, j0, j1, values):
+        for name, v in values.items():
+            v *= scale
+            if accumulate:
+                outs[name][i0:i1, j0:j1] += v
+            else:
+                outs[name][i0:i1, j0:j1] = v
+            if symmetric and i0 != j0:
+                outs[name][j0:j1, i0:i1] = _finite_spatial.mirror(outs[name][i0:i1, j0:j1])
+
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by the caller
+        for bi, (i0, i1) in enumerate(blocks1):
+            f1 = _finite_spatial.features(net, params, a1[i0:i1], ntk)
+            for bj, (j0, j1) in enumerate(blocks2):
+                if symmetric and bj < bi:
+                    continue
+                if symmetric and bj == bi:
+                    put(i0, i1, i0, i1, _finite_spatial.block(f1, None, out_shape, traced, names))
+                    continue
+                f2 = _finite_spatial.features(net, params, (a1 if symmetric else a2)[j0:j1], ntk)
+                put(i0, i1, j0, j1, _finite_spatial.block(f1, f2, out_shape, traced, names))
+                del f2
+
+
+def _spatial_outs(names, n1, n2, out_shape, traced):
+    kept = tuple(out_shape[a] for a in range(len(out_shape)) if a not in traced)
+    return _arrays.empty_kernels(names, (n1, n2) + tuple(x for k in kept for x in (k, k)))
+
+
+def _spatial_kernels(net, params, x1, x2, names, trace_axes, batch_size) -> dict:
+    a1, a2 = _spatial_inputs(x1, x2)
+    checked = _finite_spatial.check_params(net, params, a1.shape[1:])
+    out_shape = _finite_spatial.output_shape(net, a1.shape[1:])
+    traced = _finite_spatial.parse_trace_axes(trace_axes, len(out_shape))
+    n1 = a1.shape[0]
+    n2 = n1 if a2 is None else a2.shape[0]
+    per_point = _finite_spatial.feature_bytes(net, checked, a1.shape[1:], "ntk" in names)
+    size = _batch_size(batch_size, n1 + (0 if a2 is None else n2), per_point)
+    outs = _spatial_outs(names, n1, n2, out_shape, traced)
+    _spatial_fill(net, checked, a1, a2, outs, traced, out_shape, 1.0, False, size)
+    _spatial_check(net, checked, a1, a2, outs)
+    return outs
+
+
+def _spatial_check(net, params, a1, a2, outs: dict) -> None:
+    for name, out in outs.items():
+        if not all_finite(out):
+            raise _spatial_non_finite(net, params, {"x1": a1, "x2": a2}, f"empirical {name.upper()}")
+
+
+def _spatial_monte_carlo(net, x1, x2, n_samples, seed, names, trace_axes, batch_size) -> dict:
+    """monte_carlo_kernel for networks with images or branches (same seeding)."""
+    n_samples = _positive_int(n_samples, "n_samples")
+    if isinstance(seed, np.random.Generator):
+        raise TypeError(
+            "seed must be an integer or a numpy.random.SeedSequence (a Generator cannot be spawned)"
+        )
+    _rng(seed)  # validates
+    if batch_size is not None:
+        batch_size = _positive_int(batch_size, "batch_size")
+    a1, a2 = _spatial_inputs(x1, x2)
+    shape = a1.shape[1:]
+    out_shape = _finite_spatial.output_shape(net, shape)  # every layer checked before any work
+    traced = _finite_spatial.parse_trace_axes(trace_axes, len(out_shape))
+    n1 = a1.shape[0]
+    n2 = n1 if a2 is None else a2.shape[0]
+    base = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    outs = _spatial_outs(names, n1, n2, out_shape, traced)
+    size = None
+    for s in range(n_samples):
+        child = np.random.SeedSequence(
+            base.entropy, spawn_key=base.spawn_key + (s,), pool_size=base.pool_size
+        )
+        params = _finite_spatial.init(net, np.random.default_rng(child), shape)
+        if size is None:
+            per_point = _finite_spatial.feature_bytes(net, params, shape, "ntk" in names)
+            size = _batch_size(batch_size, n1 + (0 if a2 is None else n2), per_point)
+        _spatial_fill(net, params, a1, a2, outs, traced, out_shape, 1.0 / n_samples, s > 0, size)
+        _spatial_check(net, params, a1, a2, outs)
+    return outs
