@@ -21,8 +21,9 @@ struct CpuExec {
   template <class F>
   FASTNTK_ALWAYS_INLINE void each_row(std::int64_t rows, std::int64_t cols, F&& f) {
     for (std::int64_t r = 0; r < rows; ++r) {
+      const auto g = f(r);
 #pragma omp simd
-      for (std::int64_t c = 0; c < cols; ++c) f(r, c);
+      for (std::int64_t c = 0; c < cols; ++c) g(c);
     }
   }
   template <class F>

@@ -64,17 +64,14 @@ enum class SpatialMap : std::int32_t { Identity = 0, Conv = 1, Pool = 2, Flatten
 struct SpatialLinearOp {
   SpatialMap map;
   std::int32_t src, dst;
-  std::int32_t circular;         // Conv: out-of-range positions wrap modulo the axis size (else read 0)
+  // Conv: out-of-range positions wrap modulo the axis size (else they read 0); the builder
+  // ensures that one wrap suffices (window <= axis size).
+  std::int32_t circular;
   std::int32_t normalize_edges;  // Pool: weights 1 / (in-range window positions), per axis
   SpatialShape in, out;
   std::int32_t window[kMaxSpatialDims];
   std::int32_t strides[kMaxSpatialDims];
   std::int32_t pad_lo[kMaxSpatialDims];
-  // Per axis k of a Conv or Pool: offset in the program's index pool of the table
-  // [window[k], out.dims[k]] whose entry [u, i'] is the input position read by offset u of
-  // output position i' (strides[k] * i' + u - pad_lo[k], wrapped if circular), or -1 where
-  // it falls outside the input (a zero).
-  std::int32_t index[kMaxSpatialDims];
   // Per axis k of a Pool with normalize_edges: offset in the coefficient pool of the
   // out.dims[k] weights 1 / (in-range window positions of i'); else -1.
   std::int32_t weights[kMaxSpatialDims];
@@ -132,7 +129,6 @@ struct SpatialProgramView {
   std::int64_t max_entries;   // the largest state a buffer holds (registers and intermediate passes)
   std::int64_t point_stride;  // doubles in one point's record (Stats of activations, layernorm factors)
   const double* coef;         // coefficient pool (polynomial activations, pool weights), or null
-  const std::int32_t* index;  // index pool (Conv / Pool tables), or null
 };
 
 }  // namespace fastntk

@@ -2,8 +2,8 @@
 //
 // The front end (python/fastntk/_spatial_program.py) compiles a network into calls of this
 // builder, as cnn_spec.md fixes them; the builder validates each call (std::invalid_argument,
-// naming the argument), tracks the shape of every register, resolves padding, strides and
-// circular wrap into index tables, folds each map's scale into its coefficients, and lays
+// naming the argument), tracks the shape of every register, computes the edge weights of
+// pools with normalize_edges, folds each map's scale into its coefficients, and lays
 // out the per-point record (the Stats of every activation, the factors of every LayerNorm).
 // view() is the plain-data SpatialProgramView the walk (spatial_walk_impl.hpp) reads.
 #pragma once
@@ -60,7 +60,7 @@ class SpatialProgram {
     for (const auto& [name, v] : {std::pair<const char*, double>{"scale", scale}, {"alpha", alpha}, {"beta", beta},
                                   {"gamma", gamma}, {"delta", delta}, {"eps", eps}})
       if (!std::isfinite(v)) throw std::invalid_argument(where + ": " + name + " must be finite, got " + std::to_string(v));
-    for (int k = 0; k < kMaxSpatialDims; ++k) op.index[k] = op.weights[k] = -1;
+    for (int k = 0; k < kMaxSpatialDims; ++k) op.weights[k] = -1;
     double f = scale;
     if (map == "identity") {
       op.map = SpatialMap::Identity;
@@ -87,8 +87,12 @@ class SpatialProgram {
         op.strides[k] = strides[k];
         op.pad_lo[k] = pad_lo[k];
         check_axis(where, k, op.in.dims[k], op.out.dims[k], window[k], strides[k], pad_lo[k]);
-        op.index[k] = index_table(op.in.dims[k], op.out.dims[k], window[k], strides[k], pad_lo[k], circular);
-        if (op.normalize_edges) op.weights[k] = edge_weights(op.index[k], window[k], op.out.dims[k]);
+        if (circular && window[k] > op.in.dims[k])
+          throw std::invalid_argument(where + ": axis " + std::to_string(k) + ": circular padding with a window (" +
+                                      std::to_string(window[k]) + ") larger than the input (" +
+                                      std::to_string(op.in.dims[k]) + ") is not supported");
+        if (op.normalize_edges)
+          op.weights[k] = edge_weights(op.in.dims[k], op.out.dims[k], window[k], strides[k], pad_lo[k]);
       }
       if (pool) f = op.normalize_edges ? 1.0 : scale * scale;
       // The intermediate states of the separable passes: the largest is bounded by
@@ -221,7 +225,6 @@ class SpatialProgram {
     v.max_entries = max_entries_;
     v.point_stride = point_stride_;
     v.coef = coef_.empty() ? nullptr : coef_.data();
-    v.index = index_.empty() ? nullptr : index_.data();
     return v;
   }
 
@@ -289,24 +292,16 @@ class SpatialProgram {
   }
   void note_entries(const SpatialShape& s) { max_entries_ = std::max(max_entries_, s.entries(full_)); }
 
-  // [window, m]: entry [u, i] = the input position read by offset u of output position i.
-  int index_table(int n, int m, int window, int stride, int pad_lo, bool circular) {
-    const int at = static_cast<int>(index_.size());
-    for (int u = 0; u < window; ++u)
-      for (int i = 0; i < m; ++i) {
-        long long p = static_cast<long long>(stride) * i + u - pad_lo;
-        if (circular) p = ((p % n) + n) % n;
-        index_.push_back((p >= 0 && p < n) ? static_cast<std::int32_t>(p) : -1);
-      }
-    return at;
-  }
   // 1 / (in-range window positions) of each output position; -1 when all are 1.
-  int edge_weights(int table, int window, int m) {
+  int edge_weights(int n, int m, int window, int stride, int pad_lo) {
     std::vector<double> w(m);
     bool all_one = true;
     for (int i = 0; i < m; ++i) {
       int count = 0;
-      for (int u = 0; u < window; ++u) count += index_[table + u * m + i] >= 0;
+      for (int u = 0; u < window; ++u) {
+        const long long p = static_cast<long long>(stride) * i + u - pad_lo;
+        count += (p >= 0 && p < n) ? 1 : 0;
+      }
       w[i] = 1.0 / std::max(count, 1);
       all_one = all_one && count == 1;
     }
@@ -333,7 +328,6 @@ class SpatialProgram {
   std::vector<Reg> regs_;
   std::vector<SpatialOp> ops_;
   std::vector<double> coef_;
-  std::vector<std::int32_t> index_;
   std::int64_t max_entries_ = 1;
   std::int64_t point_stride_ = 0;
   int n_act_ = 0;

@@ -5,9 +5,12 @@
 // over the entries of a register, and leaves how those loops run to an executor `ex`:
 //
 //   ex.each(n, f)             f(e) for every e in [0, n): independent entries
-//   ex.each_row(rows, cols, f) f(r, c) for every r in [0, rows), c in [0, cols): independent
-//                             entries, c the fast (contiguous) index -- a CPU thread runs c as
-//                             a SIMD loop, a CUDA block spreads r * cols + c over its threads
+//   ex.each_row(rows, cols, f) f(r)(c) for every r in [0, rows), c in [0, cols): independent
+//                             entries, c the fast (contiguous) index; f(r) does the row's
+//                             invariant work and returns the entry function g(c) (a small
+//                             functor, by value) -- a CPU thread calls f(r) once per row and
+//                             runs g over c as a SIMD loop, a CUDA block may call f(r)(c) for
+//                             each r * cols + c of its threads
 //   ex.sum(n, f)              sum of f(e) over e in [0, n), returned to every caller
 //   ex.sync()                 every entry written so far is visible to what follows
 //                             (a CPU thread: nothing; a CUDA block: __syncthreads)
@@ -20,9 +23,9 @@
 // independent of the number of pairs.
 //
 // Box sums are separable: a k1 x k2 (x k3) window costs k1 + k2 (+ k3) adds per entry, one
-// pass per axis, each pass reading a precomputed index table (padding, strides and circular
-// wrap resolved on the host, spatial_program.hpp). Axes where the window is the identity
-// (1 x 1 filters, unit strides) are skipped.
+// pass per axis, each input position computed from the output position (stride, padding,
+// circular wrap), so that a SIMD loop reads contiguous (masked) vectors. Axes where the
+// window is the identity (1 x 1 filters, unit strides) are skipped.
 //
 // Two modes (template parameter Point):
 //   pair (Point = false): the walk of (x, y), reading the point records of both;
@@ -40,6 +43,14 @@
 #include "fastntk/op.hpp"
 #include "fastntk/spatial_op.hpp"
 #include "fastntk/walk_impl.hpp"  // visit_activation
+
+// The loop bodies handed to the executor must inline into its SIMD loops (GCC otherwise
+// keeps a large one as a call, and the loop stays scalar).
+#if defined(__CUDACC__) || !(defined(__GNUC__) || defined(__clang__))
+#define FASTNTK_LAMBDA_INLINE
+#else
+#define FASTNTK_LAMBDA_INLINE __attribute__((always_inline))
+#endif
 
 namespace fastntk {
 
@@ -60,107 +71,190 @@ using Index = std::int64_t;
 struct PassCoef {
   double sm, b, ts, tm, e;
 };
-constexpr PassCoef kPlainPass{1.0, 0.0, 0.0, 1.0, 0.0};
 
 // One separable pass of a box sum, over the state viewed as a row-major tensor.
 //   paired: [A0, n, A1, n, A2] -> [A0, m, A1, m, A2], both n-axes shifted by the same offset
 //           (the two positions of a Conv in the full regime):
-//           out[a0, i, a1, j, a2] = sum_u in[a0, I(u, i), a1, I(u, j), a2];
+//           out[a0, i, a1, j, a2] = sum_u in[a0, P(u, i), a1, P(u, j), a2];
 //   single: [A0, n, A2] -> [A0, m, A2]:
-//           out[a0, i, a2] = w(i) * sum_u in[a0, I(u, i), a2];
-// with I(u, i) = idx[u * m + i], a term with I = -1 reading 0.
+//           out[a0, i, a2] = w(i) * sum_u in[a0, P(u, i), a2];
+// with P(u, i) = stride * i + u - pad_lo, wrapped once into [0, n) if circular (the builder
+// guarantees once is enough), and a term whose P falls outside [0, n) reading 0.
 struct Pass {
-  bool paired;
+  bool paired, circular;
   Index a0, a1, a2;
-  int n, m, window;
-  const std::int32_t* idx;  // [window, m]
-  const double* w;          // [m], or null for weight 1
-  Index out_entries() const { return paired ? a0 * m * a1 * m * a2 : a0 * m * a2; }
+  int n, m, window, stride, pad;
+  const double* w;  // [m], or null for weight 1
 };
 
-template <bool Ntk, class Exec>
-FASTNTK_HD FASTNTK_ALWAYS_INLINE void run_pass(Exec& ex, const Pass& p, const double* FASTNTK_RESTRICT is,
-                                               const double* FASTNTK_RESTRICT it, double* FASTNTK_RESTRICT os,
-                                               double* FASTNTK_RESTRICT ot, const PassCoef& k) {
-  const int n = p.n, m = p.m, window = p.window;
-  const std::int32_t* FASTNTK_RESTRICT idx = p.idx;
+// The input position of offset u of output position i, or -1 outside the input.
+FASTNTK_HD FASTNTK_ALWAYS_INLINE Index position(Index i, int u, int stride, int pad, int n, bool circular) {
+  Index p = stride * i + u - pad;
+  if (circular) {
+    p += p < 0 ? n : 0;
+    p -= p >= n ? n : 0;
+  }
+  return (p >= 0 && p < n) ? p : -1;
+}
+
+// The window terms of one output row, hoisted out of its entry loop: for each offset u the
+// offset of the input row it reads and whether that row is inside the input (else the
+// term reads 0: the multiplier 0 and a harmless in-range offset).
+template <int W>
+struct RowTerms {
+  Index off[W];
+  double mask[W];
+};
+
+// run_pass with the window size W fixed at compile time (W = 0: p.window, terms computed per
+// entry), so that the window unrolls into straight-line code inside the executor's entry
+// loop, whose reads are then contiguous (masked only where the inner axis is the one summed).
+template <bool Ntk, int W, class Exec>
+FASTNTK_HD FASTNTK_ALWAYS_INLINE void run_pass_w(Exec& ex, const Pass& p, const double* FASTNTK_RESTRICT is,
+                                                 const double* FASTNTK_RESTRICT it, double* FASTNTK_RESTRICT os,
+                                                 double* FASTNTK_RESTRICT ot, const PassCoef& k) {
+  constexpr int kTerms = W > 0 ? W : 1;
+  const int n = p.n, m = p.m, window = W > 0 ? W : p.window, stride = p.stride, pad = p.pad;
+  const bool circ = p.circular;
   const double* FASTNTK_RESTRICT w = p.w;
   const Index a1 = p.a1, a2 = p.a2;
-  auto emit = [&](Index o, double bs, double bt) {
-    os[o] = k.sm * bs + k.b;
-    if (Ntk) ot[o] = k.ts * bs + k.tm * bt + k.e;
+  const double sm = k.sm, b = k.b, ts = k.ts, tm = k.tm, e = k.e;
+  // Row r's first input entry (term u) and multiplier, for the row index `i` and, when the
+  // paired axis is also a row index, `j`.
+  auto terms = [&](Index base, Index s_i, Index i, Index s_j, Index j, bool paired_row) {
+    RowTerms<kTerms> t;
+    for (int u = 0; u < kTerms; ++u) {
+      const Index ii = position(i, u, stride, pad, n, circ);
+      const Index jj = paired_row ? position(j, u, stride, pad, n, circ) : 0;
+      const bool ok = ii >= 0 && jj >= 0;
+      t.off[u] = ok ? base + ii * s_i + jj * s_j : base;
+      t.mask[u] = ok ? 1.0 : 0.0;
+    }
+    return t;
   };
   if (p.paired) {
     const Index s_j = a2, s_a1 = Index(n) * a2, s_i = a1 * n * a2, s_a0 = Index(n) * s_i;
     if (a2 > 1) {  // rows (a0, i, a1, j), the contiguous a2 inner
-      ex.each_row(p.a0 * m * a1 * m, a2, [&](Index r, Index c) {
-        const int j = static_cast<int>(r % m);
+      ex.each_row(p.a0 * m * a1 * m, a2, [&](Index r) FASTNTK_LAMBDA_INLINE {
+        const Index j = r % m;
         Index q = r / m;
         const Index aa1 = q % a1;
         q /= a1;
-        const int i = static_cast<int>(q % m);
-        const Index base = (q / m) * s_a0 + aa1 * s_a1 + c;
-        double bs = 0.0, bt = 0.0;
-        for (int u = 0; u < window; ++u) {
-          const std::int32_t ii = idx[u * m + i], jj = idx[u * m + j];
-          if (ii >= 0 && jj >= 0) {
-            const Index at = base + ii * s_i + jj * s_j;
-            bs += is[at];
-            if (Ntk) bt += it[at];
+        const Index i = q % m;
+        const Index base = (q / m) * s_a0 + aa1 * s_a1;
+        const RowTerms<kTerms> t = terms(base, s_i, i, s_j, j, true);
+        const Index o = r * a2;
+        return [=](Index c) FASTNTK_LAMBDA_INLINE {
+          double bs = 0.0, bt = 0.0;
+          if (W > 0) {
+            for (int u = 0; u < kTerms; ++u) {
+              bs += t.mask[u] * is[t.off[u] + c];
+              if (Ntk) bt += t.mask[u] * it[t.off[u] + c];
+            }
+          } else {
+            for (int u = 0; u < window; ++u) {
+              const Index ii = position(i, u, stride, pad, n, circ), jj = position(j, u, stride, pad, n, circ);
+              if (ii >= 0 && jj >= 0) {
+                bs += is[base + ii * s_i + jj * s_j + c];
+                if (Ntk) bt += it[base + ii * s_i + jj * s_j + c];
+              }
+            }
           }
-        }
-        emit(r * a2 + c, bs, bt);
+          os[o + c] = sm * bs + b;
+          if (Ntk) ot[o + c] = ts * bs + tm * bt + e;
+        };
       });
     } else {  // rows (a0, i, a1), j inner
-      ex.each_row(p.a0 * m * a1, m, [&](Index r, Index j) {
+      ex.each_row(p.a0 * m * a1, m, [&](Index r) FASTNTK_LAMBDA_INLINE {
         const Index aa1 = r % a1;
         const Index q = r / a1;
-        const int i = static_cast<int>(q % m);
+        const Index i = q % m;
         const Index base = (q / m) * s_a0 + aa1 * s_a1;
-        double bs = 0.0, bt = 0.0;
-        for (int u = 0; u < window; ++u) {
-          const std::int32_t ii = idx[u * m + i], jj = idx[u * m + j];
-          if (ii >= 0 && jj >= 0) {
-            const Index at = base + ii * s_i + jj;
-            bs += is[at];
-            if (Ntk) bt += it[at];
+        const RowTerms<kTerms> t = terms(base, s_i, i, 0, 0, false);
+        const Index o = r * m;
+        return [=](Index j) FASTNTK_LAMBDA_INLINE {
+          double bs = 0.0, bt = 0.0;
+          for (int u = 0; u < window; ++u) {
+            const Index jj = position(j, u, stride, pad, n, circ);
+            const Index ii = W > 0 ? 0 : position(i, u, stride, pad, n, circ);
+            const Index row = W > 0 ? t.off[u < kTerms ? u : 0] : base + ii * s_i;
+            const bool ok = jj >= 0 && (W > 0 ? t.mask[u < kTerms ? u : 0] != 0.0 : ii >= 0);
+            if (ok) {
+              bs += is[row + jj];
+              if (Ntk) bt += it[row + jj];
+            }
           }
-        }
-        emit(r * m + j, bs, bt);
+          os[o + j] = sm * bs + b;
+          if (Ntk) ot[o + j] = ts * bs + tm * bt + e;
+        };
       });
     }
   } else {
     const Index s_i = a2, s_a0 = Index(n) * a2;
     if (a2 > 1) {  // rows (a0, i), the contiguous a2 inner
-      ex.each_row(p.a0 * m, a2, [&](Index r, Index c) {
-        const int i = static_cast<int>(r % m);
-        const Index base = (r / m) * s_a0 + c;
-        double bs = 0.0, bt = 0.0;
-        for (int u = 0; u < window; ++u) {
-          const std::int32_t ii = idx[u * m + i];
-          if (ii >= 0) {
-            bs += is[base + ii * s_i];
-            if (Ntk) bt += it[base + ii * s_i];
-          }
-        }
+      ex.each_row(p.a0 * m, a2, [&](Index r) FASTNTK_LAMBDA_INLINE {
+        const Index i = r % m;
+        const Index base = (r / m) * s_a0;
+        const RowTerms<kTerms> t = terms(base, s_i, i, 0, 0, false);
         const double wi = w ? w[i] : 1.0;
-        emit(r * a2 + c, wi * bs, wi * bt);
+        const Index o = r * a2;
+        return [=](Index c) FASTNTK_LAMBDA_INLINE {
+          double bs = 0.0, bt = 0.0;
+          if (W > 0) {
+            for (int u = 0; u < kTerms; ++u) {
+              bs += t.mask[u] * is[t.off[u] + c];
+              if (Ntk) bt += t.mask[u] * it[t.off[u] + c];
+            }
+          } else {
+            for (int u = 0; u < window; ++u) {
+              const Index ii = position(i, u, stride, pad, n, circ);
+              if (ii >= 0) {
+                bs += is[base + ii * s_i + c];
+                if (Ntk) bt += it[base + ii * s_i + c];
+              }
+            }
+          }
+          os[o + c] = sm * (wi * bs) + b;
+          if (Ntk) ot[o + c] = ts * (wi * bs) + tm * (wi * bt) + e;
+        };
       });
     } else {  // rows a0, i inner
-      ex.each_row(p.a0, m, [&](Index r, Index i) {
+      ex.each_row(p.a0, m, [&](Index r) FASTNTK_LAMBDA_INLINE {
         const Index base = r * s_a0;
-        double bs = 0.0, bt = 0.0;
-        for (int u = 0; u < window; ++u) {
-          const std::int32_t ii = idx[u * m + i];
-          if (ii >= 0) {
-            bs += is[base + ii];
-            if (Ntk) bt += it[base + ii];
+        const Index o = r * m;
+        return [=](Index i) FASTNTK_LAMBDA_INLINE {
+          double bs = 0.0, bt = 0.0;
+          for (int u = 0; u < window; ++u) {
+            const Index ii = position(i, u, stride, pad, n, circ);
+            if (ii >= 0) {
+              bs += is[base + ii];
+              if (Ntk) bt += it[base + ii];
+            }
           }
-        }
-        const double wi = w ? w[i] : 1.0;
-        emit(r * m + i, wi * bs, wi * bt);
+          const double wi = w ? w[i] : 1.0;
+          os[o + i] = sm * (wi * bs) + b;
+          if (Ntk) ot[o + i] = ts * (wi * bs) + tm * (wi * bt) + e;
+        };
       });
     }
+  }
+}
+
+// One pass: os, ot = the coefficients k applied to the box sums of is, it (see Pass).
+template <bool Ntk, class Exec>
+FASTNTK_HD inline void run_pass(Exec& ex, const Pass& p, const double* is, const double* it, double* os, double* ot,
+                                const PassCoef& k) {
+  switch (p.window) {
+    case 2:
+      return run_pass_w<Ntk, 2>(ex, p, is, it, os, ot, k);
+    case 3:
+      return run_pass_w<Ntk, 3>(ex, p, is, it, os, ot, k);
+    case 4:
+      return run_pass_w<Ntk, 4>(ex, p, is, it, os, ot, k);
+    case 5:
+      return run_pass_w<Ntk, 5>(ex, p, is, it, os, ot, k);
+    default:
+      return run_pass_w<Ntk, 0>(ex, p, is, it, os, ot, k);
   }
 }
 
@@ -197,7 +291,9 @@ FASTNTK_HD inline int plan_passes(const SpatialProgramView& prog, const SpatialL
     p.n = op.in.dims[k];
     p.m = op.out.dims[k];
     p.window = op.window[k];
-    p.idx = prog.index + op.index[k];
+    p.stride = op.strides[k];
+    p.pad = op.pad_lo[k];
+    p.circular = op.circular != 0;
     p.w = op.weights[k] >= 0 ? prog.coef + op.weights[k] : nullptr;
     p.a0 = prod(0, a);
     if (p.paired) {
@@ -235,12 +331,12 @@ FASTNTK_HD void linear(Exec& ex, const SpatialProgramView& prog, const SpatialLi
     const double* it = the(src);
     double bs, bt = 0.0;
     if (op.map == SpatialMap::Global) {
-      bs = ex.sum(s * s, [&](Index e) { return is[e]; });
-      if (Ntk) bt = ex.sum(s * s, [&](Index e) { return it[e]; });
+      bs = ex.sum(s * s, [&](Index e) FASTNTK_LAMBDA_INLINE { return is[e]; });
+      if (Ntk) bt = ex.sum(s * s, [&](Index e) FASTNTK_LAMBDA_INLINE { return it[e]; });
     } else {
       const Index step = full ? s + 1 : 1;  // the diagonal [i, i] of the full state
-      bs = ex.sum(s, [&](Index e) { return is[e * step]; });
-      if (Ntk) bt = ex.sum(s, [&](Index e) { return it[e * step]; });
+      bs = ex.sum(s, [&](Index e) FASTNTK_LAMBDA_INLINE { return is[e * step]; });
+      if (Ntk) bt = ex.sum(s, [&](Index e) FASTNTK_LAMBDA_INLINE { return it[e * step]; });
     }
     double* os = sig(out_b);
     double* ot = the(out_b);
@@ -258,7 +354,7 @@ FASTNTK_HD void linear(Exec& ex, const SpatialProgramView& prog, const SpatialLi
       double* FASTNTK_RESTRICT os = sig(out_b);
       double* FASTNTK_RESTRICT ot = the(out_b);
       const PassCoef k = final_coef;
-      ex.each(e_n, [&](Index e) {
+      ex.each(e_n, [&](Index e) FASTNTK_LAMBDA_INLINE {
         const double s = is[e];
         os[e] = k.sm * s + k.b;
         if (Ntk) ot[e] = k.ts * s + k.tm * it[e] + k.e;
@@ -268,7 +364,7 @@ FASTNTK_HD void linear(Exec& ex, const SpatialProgramView& prog, const SpatialLi
       int in = src;
       for (int q = 0; q < count; ++q) {
         const int out = buf.spare[(count - 1 - q) % 2];
-        run_pass<Ntk>(ex, passes[q], sig(in), the(in), sig(out), the(out), q + 1 == count ? final_coef : kPlainPass);
+        run_pass<Ntk>(ex, passes[q], sig(in), the(in), sig(out), the(out), q + 1 == count ? final_coef : PassCoef{1.0, 0.0, 0.0, 1.0, 0.0});
         ex.sync();
         in = out;
       }
@@ -302,7 +398,7 @@ struct ActivationStep {
       double* st = record + act.stats;
       const double* sv = s;
       const Index step = full ? n + 1 : 1;
-      ex.each(n, [&](Index e) {
+      ex.each(n, [&](Index e) FASTNTK_LAMBDA_INLINE {
         const StatsT<double> r = Map::stats(op, coef, sv[e * step]);
         st[e] = r.q;
         st[n + e] = r.a;
@@ -316,24 +412,27 @@ struct ActivationStep {
     double* FASTNTK_RESTRICT ss = s;
     double* FASTNTK_RESTRICT tt = t;
     if (full) {
-      ex.each_row(n, n, [&](Index i, Index j) {
+      ex.each_row(n, n, [&](Index i) FASTNTK_LAMBDA_INLINE {
         const StatsT<double> x{xq[i], xq[n + i], xq[2 * n + i], xq[3 * n + i]};
-        const StatsT<double> y{yq[j], yq[n + j], yq[2 * n + j], yq[3 * n + j]};
-        const Index e = i * n + j;
-        double sv = ss[e], tv = Ntk ? tt[e] : 0.0;
-        if (Point && i == j) {
-          double f, dot;
-          Map::diag(op, coef, x.q, f, dot);
-          sv = f;
-          tv *= dot;
-        } else {
-          Map::template pair<Ntk>(op, coef, x, y, sv, tv);
-        }
-        ss[e] = sv;
-        if (Ntk) tt[e] = tv;
+        double* FASTNTK_RESTRICT srow = ss + i * n;
+        double* FASTNTK_RESTRICT trow = Ntk ? tt + i * n : nullptr;
+        return [=](Index j) FASTNTK_LAMBDA_INLINE {
+          const StatsT<double> y{yq[j], yq[n + j], yq[2 * n + j], yq[3 * n + j]};
+          double sv = srow[j], tv = Ntk ? trow[j] : 0.0;
+          if (Point && i == j) {
+            double f, dot;
+            Map::diag(op, coef, x.q, f, dot);
+            sv = f;
+            tv *= dot;
+          } else {
+            Map::template pair<Ntk>(op, coef, x, y, sv, tv);
+          }
+          srow[j] = sv;
+          if (Ntk) trow[j] = tv;
+        };
       });
     } else {
-      ex.each(n, [&](Index e) {
+      ex.each(n, [&](Index e) FASTNTK_LAMBDA_INLINE {
         double sv = ss[e], tv = Ntk ? tt[e] : 0.0;
         if (Point) {
           double f, dot;
@@ -365,10 +464,10 @@ FASTNTK_HD void layernorm(Exec& ex, const SpatialProgramView& prog, const Spatia
     const Index step = full ? n + 1 : 1;
     const double eps = op.eps;
     if (op.spatial) {
-      const double mean = ex.sum(n, [&](Index e) { return sv[e * step]; }) / static_cast<double>(n);
-      ex.each(n, [&](Index e) { r[e] = 1.0 / detail::sqrt(mean + eps); });
+      const double mean = ex.sum(n, [&](Index e) FASTNTK_LAMBDA_INLINE { return sv[e * step]; }) / static_cast<double>(n);
+      ex.each(n, [&](Index e) FASTNTK_LAMBDA_INLINE { r[e] = 1.0 / detail::sqrt(mean + eps); });
     } else {
-      ex.each(n, [&](Index e) { r[e] = 1.0 / detail::sqrt(sv[e * step] + eps); });
+      ex.each(n, [&](Index e) FASTNTK_LAMBDA_INLINE { r[e] = 1.0 / detail::sqrt(sv[e * step] + eps); });
     }
     ex.sync();
   }
@@ -377,13 +476,18 @@ FASTNTK_HD void layernorm(Exec& ex, const SpatialProgramView& prog, const Spatia
   double* FASTNTK_RESTRICT ss = s;
   double* FASTNTK_RESTRICT tt = t;
   if (full) {
-    ex.each_row(n, n, [&](Index i, Index j) {
-      const double f = fx[i] * fy[j];
-      ss[i * n + j] *= f;
-      if (Ntk) tt[i * n + j] *= f;
+    ex.each_row(n, n, [&](Index i) FASTNTK_LAMBDA_INLINE {
+      const double fi = fx[i];
+      double* FASTNTK_RESTRICT srow = ss + i * n;
+      double* FASTNTK_RESTRICT trow = Ntk ? tt + i * n : nullptr;
+      return [=](Index j) FASTNTK_LAMBDA_INLINE {
+        const double f = fi * fy[j];
+        srow[j] *= f;
+        if (Ntk) trow[j] *= f;
+      };
     });
   } else {
-    ex.each(n, [&](Index e) {
+    ex.each(n, [&](Index e) FASTNTK_LAMBDA_INLINE {
       const double f = fx[e] * fy[e];
       ss[e] *= f;
       if (Ntk) tt[e] *= f;
@@ -403,7 +507,7 @@ FASTNTK_HD void move(Exec& ex, const SpatialProgramView& prog, const SpatialOp& 
   double* ot = Ntk ? ws.theta + buf.of[op.move.dst] * stride : nullptr;
   if (op.kind == SpatialOpKind::Copy) {
     if (op.move.src == op.move.dst) return;
-    ex.each(e_n, [&](Index e) {
+    ex.each(e_n, [&](Index e) FASTNTK_LAMBDA_INLINE {
       os[e] = is[e];
       if (Ntk) ot[e] = it[e];
     });
@@ -412,7 +516,7 @@ FASTNTK_HD void move(Exec& ex, const SpatialProgramView& prog, const SpatialOp& 
     // src may be dst (dst += w dst): elementwise, each entry read before it is written.
     double* s2 = os;
     double* t2 = ot;
-    ex.each(e_n, [&](Index e) {
+    ex.each(e_n, [&](Index e) FASTNTK_LAMBDA_INLINE {
       s2[e] += w * is[e];
       if (Ntk) t2[e] += w * it[e];
     });
@@ -437,7 +541,7 @@ FASTNTK_HD int spatial_walk(Exec& ex, const SpatialProgramView& prog, const Spat
   buf.spare[1] = prog.n_registers + 1;
   if (Ntk) {
     double* t0 = ws.theta;
-    ex.each(prog.in_shape.entries(prog.full != 0), [&](Index e) { t0[e] = 0.0; });
+    ex.each(prog.in_shape.entries(prog.full != 0), [&](Index e) FASTNTK_LAMBDA_INLINE { t0[e] = 0.0; });
     ex.sync();
   }
   int a = 0;
