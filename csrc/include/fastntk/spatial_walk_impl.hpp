@@ -118,7 +118,10 @@ struct RowTerms {
 // loop, whose reads are then contiguous (masked only where the inner axis is the one summed).
 // Unit: stride 1 and no wrap, where an entry's input position is its own plus a constant,
 // so that reads along the inner axis are contiguous vectors rather than gathers.
-template <bool Ntk, int W, bool Unit, class Exec>
+// Weighted: the Pool weights w (normalize_edges); a compile-time choice, since a per-entry
+// `w ? w[i] : 1` becomes a masked load from a null pointer, which costs a microcode assist
+// per vector on some CPUs.
+template <bool Ntk, int W, bool Unit, bool Weighted, class Exec>
 FASTNTK_HD FASTNTK_ALWAYS_INLINE void run_pass_w(Exec& ex, const Pass& p, const double* FASTNTK_RESTRICT is,
                                                  const double* FASTNTK_RESTRICT it, double* FASTNTK_RESTRICT os,
                                                  double* FASTNTK_RESTRICT ot, const PassCoef& k) {
@@ -205,7 +208,7 @@ FASTNTK_HD FASTNTK_ALWAYS_INLINE void run_pass_w(Exec& ex, const Pass& p, const 
         const Index i = r % m;
         const Index base = (r / m) * s_a0;
         const RowTerms<kTerms> t = terms(base, s_i, i, 0, 0, false);
-        const double wi = w ? w[i] : 1.0;
+        const double wi = Weighted ? w[i] : 1.0;
         const Index o = r * a2;
         return [=](Index c) FASTNTK_LAMBDA_INLINE {
           double bs = 0.0, bt = 0.0;
@@ -240,7 +243,7 @@ FASTNTK_HD FASTNTK_ALWAYS_INLINE void run_pass_w(Exec& ex, const Pass& p, const 
               if (Ntk) bt += it[base + ii];
             }
           }
-          const double wi = w ? w[i] : 1.0;
+          const double wi = Weighted ? w[i] : 1.0;
           os[o + i] = sm * (wi * bs) + b;
           if (Ntk) ot[o + i] = ts * (wi * bs) + tm * (wi * bt) + e;
         };
@@ -253,25 +256,26 @@ FASTNTK_HD FASTNTK_ALWAYS_INLINE void run_pass_w(Exec& ex, const Pass& p, const 
 template <bool Ntk, class Exec>
 FASTNTK_HD inline void run_pass(Exec& ex, const Pass& p, const double* is, const double* it, double* os, double* ot,
                                 const PassCoef& k) {
+  if (p.w) return run_pass_w<Ntk, 0, false, true>(ex, p, is, it, os, ot, k);
   if (p.stride == 1 && !p.circular) {
     switch (p.window) {
       case 2:
-        return run_pass_w<Ntk, 2, true>(ex, p, is, it, os, ot, k);
+        return run_pass_w<Ntk, 2, true, false>(ex, p, is, it, os, ot, k);
       case 3:
-        return run_pass_w<Ntk, 3, true>(ex, p, is, it, os, ot, k);
+        return run_pass_w<Ntk, 3, true, false>(ex, p, is, it, os, ot, k);
       case 5:
-        return run_pass_w<Ntk, 5, true>(ex, p, is, it, os, ot, k);
+        return run_pass_w<Ntk, 5, true, false>(ex, p, is, it, os, ot, k);
       default:
-        return run_pass_w<Ntk, 0, true>(ex, p, is, it, os, ot, k);
+        return run_pass_w<Ntk, 0, true, false>(ex, p, is, it, os, ot, k);
     }
   }
   switch (p.window) {
     case 2:
-      return run_pass_w<Ntk, 2, false>(ex, p, is, it, os, ot, k);
+      return run_pass_w<Ntk, 2, false, false>(ex, p, is, it, os, ot, k);
     case 3:
-      return run_pass_w<Ntk, 3, false>(ex, p, is, it, os, ot, k);
+      return run_pass_w<Ntk, 3, false, false>(ex, p, is, it, os, ot, k);
     default:
-      return run_pass_w<Ntk, 0, false>(ex, p, is, it, os, ot, k);
+      return run_pass_w<Ntk, 0, false, false>(ex, p, is, it, os, ot, k);
   }
 }
 
@@ -548,7 +552,8 @@ FASTNTK_HD void move(Exec& ex, const SpatialProgramView& prog, const SpatialOp& 
 }
 
 
-template <bool Ntk, int W0, int W1, class Exec, class Step>
+// Unit: strides 1 and no wrap (compile-time), so that pass 1's reads are contiguous vectors.
+template <bool Ntk, int W0, int W1, bool Unit, class Exec, class Step>
 FASTNTK_HD void conv2d_activation_blocks(Exec& ex, const SpatialLinearOp& op, const double* FASTNTK_RESTRICT is,
                                          const double* FASTNTK_RESTRICT it, double* FASTNTK_RESTRICT os,
                                          double* FASTNTK_RESTRICT ot, double* FASTNTK_RESTRICT bs_,
@@ -556,8 +561,8 @@ FASTNTK_HD void conv2d_activation_blocks(Exec& ex, const SpatialLinearOp& op, co
   constexpr int kT0 = W0 > 0 ? W0 : 1, kT1 = W1 > 0 ? W1 : 1;
   const int n0 = op.in.dims[0], n1 = op.in.dims[1], m0 = op.out.dims[0], m1 = op.out.dims[1];
   const int w0 = W0 > 0 ? W0 : op.window[0], w1 = W1 > 0 ? W1 : op.window[1];
-  const int s0 = op.strides[0], s1 = op.strides[1], p0 = op.pad_lo[0], p1 = op.pad_lo[1];
-  const bool circ = op.circular != 0;
+  const int s0 = Unit ? 1 : op.strides[0], s1 = Unit ? 1 : op.strides[1], p0 = op.pad_lo[0], p1 = op.pad_lo[1];
+  const bool circ = Unit ? false : op.circular != 0;
   const Index s_in = Index(n0) * n1, s_out = Index(m0) * m1;
   const double sm = op.sigma_mul, b = op.beta, tsig = op.theta_from_sigma, tm = op.theta_mul, e = op.eps;
   for (Index i0 = 0; i0 < m0; ++i0) {
@@ -658,11 +663,14 @@ FASTNTK_HD void fused_conv_activation(Exec& ex, const SpatialProgramView& prog, 
   double* bs = ws.sigma + tmp * stride;
   double* bt = Ntk ? ws.theta + tmp * stride : nullptr;
   ActivationStep<Ntk, false, Exec> step{ex, prog, act, os, ot, rx, ry, nullptr};
-  const bool w0 = op.window[0] == 3, w1 = op.window[1] == 3;
-  if (w0 && w1)
-    conv2d_activation_blocks<Ntk, 3, 3>(ex, op, is, it, os, ot, bs, bt, step, act.op, k + 1, a);
+  const bool w3 = op.window[0] == 3 && op.window[1] == 3;
+  const bool unit = op.strides[0] == 1 && op.strides[1] == 1 && !op.circular;
+  if (w3 && unit)
+    conv2d_activation_blocks<Ntk, 3, 3, true>(ex, op, is, it, os, ot, bs, bt, step, act.op, k + 1, a);
+  else if (w3)
+    conv2d_activation_blocks<Ntk, 3, 3, false>(ex, op, is, it, os, ot, bs, bt, step, act.op, k + 1, a);
   else
-    conv2d_activation_blocks<Ntk, 0, 0>(ex, op, is, it, os, ot, bs, bt, step, act.op, k + 1, a);
+    conv2d_activation_blocks<Ntk, 0, 0, false>(ex, op, is, it, os, ot, bs, bt, step, act.op, k + 1, a);
   ex.sync();
   const int old = buf.of[op.dst];
   buf.of[op.dst] = out;
