@@ -95,7 +95,7 @@ def _linear_ref(a, full, map_, in_dims, out_dims, window, strides, pad_lo, circu
     def weight(ii):
         if not normalize_edges:
             return scale
-        count = sum(_read(ii, u, in_dims, strides, pad_lo, False) is not None for u in offs)
+        count = sum(_read(ii, u, in_dims, strides, pad_lo, circular) is not None for u in offs)
         return 1.0 / count
 
     out = np.zeros((so, so))
@@ -103,11 +103,11 @@ def _linear_ref(a, full, map_, in_dims, out_dims, window, strides, pad_lo, circu
         for oj, jj in enumerate(out_pos):
             acc = 0.0
             for u in offs:
-                pi = _read(ii, u, in_dims, strides, pad_lo, False)
+                pi = _read(ii, u, in_dims, strides, pad_lo, circular)
                 if pi is None:
                     continue
                 for v in offs:
-                    pj = _read(jj, v, in_dims, strides, pad_lo, False)
+                    pj = _read(jj, v, in_dims, strides, pad_lo, circular)
                     if pj is not None:
                         acc += a[pi, pj]
             out[oi, oj] = weight(ii) * weight(jj) * acc
@@ -346,7 +346,13 @@ def test_erf_and_flatten(rng, full):
 @pytest.mark.parametrize("normalize_edges", [False, True])
 @pytest.mark.parametrize(
     "dims, window, strides, padding",
-    [((5, 4), (2, 2), (2, 2), "VALID"), ((5, 4), (3, 3), (1, 1), "SAME"), ((7,), (3,), (2,), "SAME")],
+    [
+        ((5, 4), (2, 2), (2, 2), "VALID"),
+        ((5, 4), (3, 3), (1, 1), "SAME"),
+        ((7,), (3,), (2,), "SAME"),
+        ((5, 4), (3, 2), (2, 1), "CIRCULAR"),
+        ((3, 3, 2), (2, 2, 2), (1, 2, 1), "SAME"),
+    ],
 )
 def test_pool(rng, normalize_edges, dims, window, strides, padding):
     b = Both(dims, 2, True)
@@ -357,8 +363,8 @@ def test_pool(rng, normalize_edges, dims, window, strides, padding):
         m = (n - k) // s + 1 if padding == "VALID" else -(-n // s)
         out.append(m)
         pads.append(0 if padding == "VALID" else max((m - 1) * s + k - n, 0) // 2)
-    b.linear(0, 0, "pool", dims, out, window, strides, pads, normalize_edges=normalize_edges,
-             scale=1.0 / math.prod(window))  # fmt: skip
+    b.linear(0, 0, "pool", dims, out, window, strides, pads, circular=padding == "CIRCULAR",
+             normalize_edges=normalize_edges, scale=1.0 / math.prod(window))  # fmt: skip
     b.check(rng, dims, 2)
 
 
@@ -517,3 +523,23 @@ def test_program_properties():
     p.add_activation(0, _fc_program(), 1)
     assert p.n_ops == 2 and p.n_activations == 1 and p.full and p.out_dims == [3, 3]
     assert p.out_size == 81 and p.op_layers == [4, 4] and p.channels == 3 and p.in_dims == [6, 5]
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_threads_do_not_change_results(rng, full):
+    """Each pair's walk is sequential and its BLAS call has a fixed shape: the entries do not
+    depend on the number of threads (bit for bit)."""
+    dims = (4, 4)
+    b = Both(dims, 2, full)
+    b.conv(0, dims, (3, 3), (1, 1), "SAME")
+    b.relu(0)
+    x = rng.standard_normal((9, *dims, 2))
+    try:
+        _engine.set_num_threads(1)
+        one = _engine.spatial_gram(b.native, x, None, ("nngp", "ntk"))
+        _engine.set_num_threads(2)
+        two = _engine.spatial_gram(b.native, x, None, ("nngp", "ntk"))
+    finally:
+        _engine.set_num_threads(None)
+    for name in one:
+        np.testing.assert_array_equal(one[name], two[name])
