@@ -543,3 +543,21 @@ def test_threads_do_not_change_results(rng, full):
         _engine.set_num_threads(None)
     for name in one:
         np.testing.assert_array_equal(one[name], two[name])
+
+
+def test_gaussian_divergence_is_a_value_error(rng):
+    """Gaussian(a, b > 0) needs 4 b q < 1 at every position: the point pass checks each image
+    before any pair is computed and names the layer."""
+    fc = _core.Program()
+    fc.add_dense(1.0, None, False, 1.0)
+    fc.add_gaussian(1.0, 0.5)
+    p = _core.SpatialProgram([3], 1, False, 1)
+    p.set_layer(7)
+    p.add_activation(0, fc, 1)
+    small = np.full((2, 3, 1), 0.5)  # q = 0.25: 4 b q = 0.5
+    out = _engine.spatial_gram(p, small, None, ("nngp",))["nngp"]
+    np.testing.assert_allclose(out[0, 0], 1.0 / math.sqrt(1.0 - 4 * 0.5 * 0.25), rtol=1e-14)
+    big = small.copy()
+    big[1, 2, 0] = 2.0  # q = 4 at position 2 of image 1
+    with pytest.raises(ValueError, match=r"Gaussian.*layer 7.*image 1 of x1.*position 2"):
+        _engine.spatial_gram(p, big, None, ("nngp",))
