@@ -561,3 +561,32 @@ def test_gaussian_divergence_is_a_value_error(rng):
     big[1, 2, 0] = 2.0  # q = 4 at position 2 of image 1
     with pytest.raises(ValueError, match=r"Gaussian.*layer 7.*image 1 of x1.*position 2"):
         _engine.spatial_gram(p, big, None, ("nngp",))
+
+
+# A full-regime CNN (a pair: a few milliseconds), the number of images sized to this machine.
+_CTRL_C_NET = """
+import numpy as np
+from fastntk import _core, _engine
+fc = _core.Program()
+fc.add_dense(1.0, None, False, 1.0)
+fc.add_abrelu(0.0, 1.0)
+sprog = _core.SpatialProgram([16, 16], 3, True, 1)
+for _ in range(4):
+    sprog.add_linear(0, 0, "conv", [16, 16], [16, 16], [3, 3], [1, 1], [1, 1], False, False, 1 / 9, 2.0, 0.0, 2.0,
+                     2.0, 0.0)
+    sprog.add_activation(0, fc, 1)
+sprog.add_linear(0, 0, "global", [16, 16], [])
+x = np.random.default_rng(0).standard_normal(({n}, 16, 16, 3))
+"""
+
+
+def test_ctrl_c_stops_spatial_gram():
+    """The pairs release the GIL and poll for Ctrl-C between pairs."""
+    from ctrl_c import seconds_to_stop, size_for  # noqa: PLC0415
+
+    scope = {}
+    exec(_CTRL_C_NET.format(n=1), scope)
+    sprog, x = scope["sprog"], np.random.default_rng(0).standard_normal((400, 16, 16, 3))
+    n = size_for(4.0, lambda m: _engine.spatial_gram(sprog, x[:m], None, ("nngp", "ntk")), 4, power=2)
+    seconds = seconds_to_stop(_CTRL_C_NET.format(n=n), '_engine.spatial_gram(sprog, x, None, ("nngp", "ntk"))')
+    assert seconds < 1.0, f"took {seconds:.2f} s after Ctrl-C to stop"
