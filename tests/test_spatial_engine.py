@@ -590,3 +590,15 @@ def test_ctrl_c_stops_spatial_gram():
     n = size_for(4.0, lambda m: _engine.spatial_gram(sprog, x[:m], None, ("nngp", "ntk")), 4, power=2)
     seconds = seconds_to_stop(_CTRL_C_NET.format(n=n), '_engine.spatial_gram(sprog, x, None, ("nngp", "ntk"))')
     assert seconds < 1.0, f"took {seconds:.2f} s after Ctrl-C to stop"
+
+
+def test_out_shape_tail_alias(rng):
+    """The front end passes the output's trailing shape instead of its size."""
+    p = _core.SpatialProgram([3, 2], 1, True, 1)
+    x = rng.standard_normal((2, 6))
+    a = _engine.spatial_gram(p, x, None, ("nngp",), out_shape_tail=(36,))["nngp"]
+    b = _engine.spatial_gram(p, x, None, ("nngp",), out_shape_tail=(6, 6))["nngp"]
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a[0, 1].reshape(6, 6), np.outer(x[0], x[1]), rtol=1e-15)
+    with pytest.raises(ValueError, match="out_size"):
+        _engine.spatial_gram(p, x, None, ("nngp",), out_shape_tail=(6,))
