@@ -12,6 +12,7 @@ void bind_dual_map(py::module_& m);
 void bind_empirical_gram(py::module_& m);
 void bind_matmul(py::module_& m);
 void bind_pencil_pivots(py::module_& m);
+void bind_spatial_gram(py::module_& m);
 
 #ifndef FASTNTK_VERSION
 #define FASTNTK_VERSION "unknown"
@@ -33,6 +34,7 @@ PYBIND11_MODULE(_core, m) {
   bind_empirical_gram(m);
   bind_matmul(m);
   bind_pencil_pivots(m);
+  bind_spatial_gram(m);
   // The largest polynomial degree the builder accepts (Monomial, RectifiedMonomial).
   m.attr("MAX_DEGREE") = fastntk::kMaxDegree;
 

@@ -536,3 +536,93 @@ def pencil_pivots(d: np.ndarray, e: np.ndarray, tm1: np.ndarray, derivatives: bo
     (d log|M|/dt, d r_1/dt); ok (bool) says M is positive definite, (M^-1)_11 = 1 / r_1."""
     out = _core.pencil_pivots(d, e, np.ascontiguousarray(tm1, dtype=np.float64), derivatives)
     return (out[0].astype(bool),) + tuple(out[1:])
+
+
+# ---------------------------------------------------------------------------------------
+# Spatial (CNN) kernels
+
+
+def spatial_gram(
+    sprog, a1, a2, names, *, out_size=None, out_shape_tail=None, dtype=np.float64, progress=None
+) -> dict:
+    """The native spatial (CNN) Gram of a ``_core.SpatialProgram`` on checked inputs.
+
+    Parameters
+    ----------
+    sprog : fastntk._core.SpatialProgram
+        The compiled network (see the CNN contract; built by :mod:`fastntk._spatial_program`).
+    a1 : ndarray, float64, (N1, S_in * C) or (N1, *in_dims, C)
+        The images, NHWC, flattened per image (C-contiguous float64; converted if not).
+    a2 : ndarray or None
+        The same for the second set; None for a1's own Gram (upper triangle and mirror, the
+        diagonal from each image's own walk, exact).
+    names : sequence of {'nngp', 'ntk'}
+        The kernels to compute; without 'ntk' the NTK recursion is not run at all.
+    out_size : int, optional
+        Entries per pair of the output: 1 (scalar readout), S_out (diagonal regime) or
+        S_out**2 (full regime); must equal ``sprog.out_size`` (the default).
+    out_shape_tail : tuple of int, optional
+        Alternatively, the trailing output shape whose product is out_size.
+    dtype : float64 or float32
+        Storage of the outputs (the walk is float64 either way).
+    progress : None, True or False
+        A progress bar of the native work (see :mod:`fastntk._progress`).
+
+    Returns
+    -------
+    dict
+        {name: ndarray (N1, N2, out_size) of ``dtype``}.
+
+    Raises
+    ------
+    FloatingPointError
+        If an entry is not finite (the CNN kernel overflowed).
+    """
+    expected = int(sprog.out_size)
+    if out_size is None and out_shape_tail is not None:
+        out_size = int(np.prod(out_shape_tail, dtype=np.int64))
+    if out_size is None:
+        out_size = expected
+    if int(out_size) != expected:
+        raise ValueError(f"out_size must be the program's {expected} entries per pair, got {out_size}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise ValueError(f"dtype must be float64 or float32, got {dtype}")
+    for name in names:
+        if name not in ("nngp", "ntk"):
+            raise ValueError(f"names must be 'nngp' and/or 'ntk', got {name!r}")
+    a1 = _spatial_rows(a1)
+    a2 = None if a2 is None else _spatial_rows(a2)
+    n1 = a1.shape[0]
+    n2 = n1 if a2 is None else a2.shape[0]
+    outs = {name: np.empty((n1, n2, expected), dtype=dtype) for name in names}
+    with progress_bar(None, "CNN kernel", progress=progress, unit="tile") as bar:
+        shown = bar is not None and bar_shown(bar)
+        finite = _core.spatial_gram(
+            sprog,
+            a1,
+            a2,
+            outs.get("nngp"),
+            outs.get("ntk"),
+            n_threads=get_num_threads(),
+            progress=_tiles_to(bar) if shown else None,
+        )
+        if shown and bar.total is not None:
+            bar.update(bar.total - bar.n)
+    if not finite:
+        bad = [name for name, out in outs.items() if not all_finite(out)]
+        raise FloatingPointError(
+            f"fastntk: the CNN {' and '.join(n.upper() for n in bad) or 'kernel'} is not finite (NaN or Inf): "
+            "the recursion overflowed"
+            + (" float32" if dtype == np.float32 else "")
+            + ". Use a smaller W_std or b_std, fewer layers, or scale the inputs down"
+        )
+    return outs
+
+
+def _spatial_rows(a) -> np.ndarray:
+    """a as C-contiguous float64 (N, S_in * C): one flattened NHWC image per row."""
+    a = np.asarray(a)
+    if a.ndim > 2:
+        a = a.reshape(a.shape[0], -1)
+    return np.ascontiguousarray(a, dtype=np.float64)
