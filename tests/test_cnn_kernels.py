@@ -34,13 +34,9 @@ from reference import ntk_gram_ref
 from reference_cnn import cnn_kernels_ref, out_size_and_pad, spec_from_fastntk
 from specs import to_fastntk as fc_to_fastntk
 
-requires_cnn = pytest.mark.skipif(
-    not hasattr(nt, "Conv"), reason="fastntk.Conv is missing: the CNN layers of issue 11 have not landed"
-)
-
 EPS = np.finfo(np.float64).eps
 ARCHS = architectures()
-IMPLS = ["reference", pytest.param("fastntk", marks=requires_cnn)]
+IMPLS = ["reference", "fastntk"]
 
 
 def kernels(impl, spec, x1, x2=None):
@@ -82,7 +78,6 @@ def swap_points(k):
 # fastntk vs the reference
 
 
-@requires_cnn
 @pytest.mark.parametrize("name", sorted(ARCHS))
 def test_matches_reference(name, rng):
     spec, shape = ARCHS[name]
@@ -94,7 +89,6 @@ def test_matches_reference(name, rng):
         check_against_reference((k.nngp, k.ntk), spec, x1, b)
 
 
-@requires_cnn
 @pytest.mark.parametrize(
     "name", ["myrtle_ntk", "resnet_standard", "conv_relu_flatten_ntk", "single_conv_spatial_out"]
 )
@@ -116,7 +110,6 @@ def test_float32_inputs(name, rng):
         )
 
 
-@requires_cnn
 @pytest.mark.parametrize("name", ["resnet_ntk", "concat_unequal", "layer_norm_spatial", "myrtle_standard"])
 def test_adapter_reads_fastntk_layers(name, rng):
     """spec_from_fastntk (the reference's reader of fastntk layers) recovers the spec."""
@@ -319,7 +312,6 @@ def test_x2_none_equals_a_copy_of_x1(act, impl, rng):
     np.testing.assert_allclose(np.diag(b[1]), np.diag(a[1]), rtol=diag_tol, atol=0)
 
 
-@requires_cnn
 def test_x2_is_x1_takes_the_symmetric_path(rng):
     spec, shape = ARCHS["resnet_gap"]
     net = to_fastntk(spec)
@@ -375,7 +367,6 @@ def cnn_specs(draw):
     return spec, shape
 
 
-@requires_cnn
 @settings(
     max_examples=25,
     deadline=None,

@@ -713,19 +713,11 @@ def test_activations_with_gaussian_inputs_compile(layers):
 
 
 # ---------------------------------------------------------------------------------------
-# Through the native engine (skipped in a build without it): the layout of image outputs
+# Through the native engine: the layout of image outputs
 # against the closed form of a Dense / 1x1 Conv layer, W^2 x[p] . y[q] / C + b^2.
 
 
-def _engine_or_skip():
-    try:
-        _engine.new_spatial_program([1], 1, False, 1)
-    except NotImplementedError:
-        pytest.skip("this build has no spatial engine yet")
-
-
 def test_image_output_layout_end_to_end():
-    _engine_or_skip()
     rng = np.random.default_rng(7)
     x1, x2 = rng.standard_normal((3, 2, 4, 5)), rng.standard_normal((2, 2, 4, 5))
     # [a, b, h, w, h', w']: position (h, w) of x1[a] with (h', w') of x2[b]

@@ -86,10 +86,6 @@ class SpatialProgram {
         op.strides[k] = strides[k];
         op.pad_lo[k] = pad_lo[k];
         check_axis(where, k, op.in.dims[k], op.out.dims[k], window[k], strides[k], pad_lo[k]);
-        if (circular && window[k] > op.in.dims[k])
-          throw std::invalid_argument(where + ": axis " + std::to_string(k) + ": circular padding with a window (" +
-                                      std::to_string(window[k]) + ") larger than the input (" +
-                                      std::to_string(op.in.dims[k]) + ") is not supported");
         if (op.normalize_edges)
           op.weights[k] = edge_weights(op.in.dims[k], op.out.dims[k], window[k], strides[k], pad_lo[k], circular);
       }

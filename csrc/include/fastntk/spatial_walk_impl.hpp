@@ -78,8 +78,9 @@ struct PassCoef {
 //           out[a0, i, a1, j, a2] = sum_u in[a0, P(u, i), a1, P(u, j), a2];
 //   single: [A0, n, A2] -> [A0, m, A2]:
 //           out[a0, i, a2] = w(i) * sum_u in[a0, P(u, i), a2];
-// with P(u, i) = stride * i + u - pad_lo, wrapped once into [0, n) if circular (the builder
-// guarantees once is enough), and a term whose P falls outside [0, n) reading 0.
+// with P(u, i) = stride * i + u - pad_lo, wrapped into [0, n) if circular (modulo n: a window
+// larger than the axis wraps more than once, as Neural Tangents' circular padding does), and a
+// term whose P falls outside [0, n) reading 0.
 struct Pass {
   bool paired, circular;
   Index a0, a1, a2;
@@ -87,13 +88,13 @@ struct Pass {
   const double* w;  // [m], or null for weight 1
 };
 
-// The input position of offset u of output position i, wrapped once if circular; it reads
+// The input position of offset u of output position i, wrapped modulo n if circular; it reads
 // the input where 0 <= p < n (inside(p, n)), else 0.
 FASTNTK_HD FASTNTK_ALWAYS_INLINE Index raw_position(Index i, int u, int stride, int pad, int n, bool circular) {
   Index p = stride * i + u - pad;
   if (circular) {
+    p %= n;
     p += p < 0 ? n : 0;
-    p -= p >= n ? n : 0;
   }
   return p;
 }
