@@ -100,6 +100,18 @@ def nt_available(python: str | None) -> str | None:
     return None
 
 
+def machine_load() -> dict:
+    """The 1-minute load average and the share of the last 10 s in which runnable tasks waited
+    for a CPU (Linux PSI 'some avg10', %): how much other work shared the machine."""
+    load = {"loadavg_1min": os.getloadavg()[0]}
+    try:
+        with open("/proc/pressure/cpu") as f:
+            load["cpu_pressure_avg10"] = float(f.readline().split()[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return load
+
+
 def max_rel(a: np.ndarray, b: np.ndarray) -> float:
     """Largest entrywise difference of a and b, relative to b's largest entry."""
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
@@ -121,6 +133,7 @@ def run_section(name: str, quick: bool, nt_python: str | None, nt_skip: str | No
     row = dict(section=name, readout=cfg["readout"], N=n, pairs=pairs, pairs_counted="N(N+1)/2")
 
     print(f"({name}) {cfg['readout']}, N={n}: fastntk ...", flush=True)
+    row["load_before_fastntk"] = machine_load()
     idle = worker(sys.executable, dict(base, side="fastntk", mode="idle"), tmp)
     ours = worker(sys.executable, dict(base, side="fastntk", mode="run", save=str(tmp / "fastntk.npz")), tmp)
     row.update(
@@ -135,7 +148,8 @@ def run_section(name: str, quick: bool, nt_python: str | None, nt_skip: str | No
         return row
 
     print(f"({name}) Neural Tangents on the first {m} images, nt.batch(batch_size={batch}): "
-          f"{(m // batch) ** 2} blocks + 1 warm-up block ...", flush=True)  # fmt: skip
+          f"{(m // batch) ** 2} block(s) + 1 warm-up block ...", flush=True)  # fmt: skip
+    row["load_before_nt"] = machine_load()
     nt_idle = worker(nt_python, dict(base, side="nt", mode="idle", n=m), tmp)
     theirs = worker(nt_python, dict(base, side="nt", mode="run", n=m, save=str(tmp / "nt.npz")), tmp)
     t_full = theirs["seconds"] * (n / m) ** 2  # (N/B)^2 blocks instead of (M/B)^2, each the same cost
@@ -176,9 +190,9 @@ def table(rows) -> str:
         nt_s = f"{r['nt_full_s']:.0f}"
         if r["nt_full_extrapolated"]:
             nt_s += (f" (extrapolated from {r['nt_measured_s']:.0f} s on {r['nt_images']} images: "
-                     f"{r['nt_blocks']} blocks of {r['nt_batch']}x{r['nt_batch']})")  # fmt: skip
+                     f"{r['nt_blocks']} block(s) of {r['nt_batch']}x{r['nt_batch']})")  # fmt: skip
         else:
-            nt_s += f" ({r['nt_blocks']} blocks of {r['nt_batch']}x{r['nt_batch']})"
+            nt_s += f" ({r['nt_blocks']} block(s) of {r['nt_batch']}x{r['nt_batch']})"
         body.append([
             r["section"], r["readout"], r["N"], f"{r['fastntk_s']:.2f}", nt_s, f"{r['fastntk_pairs_per_s']:.1f}",
             f"{r['nt_pairs_per_s']:.2f}", f"{r['speedup']:.1f}x",
@@ -279,7 +293,10 @@ def main(argv=None):
     if args.device == "cuda":
         if not fnt.has_cuda():
             sys.exit(f"--device cuda: no CUDA backend or device ({fnt.build_info().get('cuda_note', '')})")
-        rows = run_cuda(128 if args.quick else 1024)
+        try:
+            rows = run_cuda(128 if args.quick else 1024)
+        except NotImplementedError as e:  # the GPU driver of the spatial kernels is not in this build
+            sys.exit(f"--device cuda: {e}")
         print()
         print(f"fastntk {fnt.__version__} on {', '.join(info['build'].get('cuda_devices', []))}; depth-{ARCH['depth']} "
               "ReLU CNN, 3x3 SAME, GlobalAvgPool + Dense(1), nngp+ntk, x2=None; pairs = N(N+1)/2")  # fmt: skip
@@ -305,6 +322,8 @@ def main(argv=None):
           "nngp+ntk, x2=None. Pairs counted: N(N+1)/2 for both. Peak RSS: the whole fresh process (idle: same "
           "imports and inputs, no kernel); ratios fastntk / NT.")  # fmt: skip
     print(table(rows))
+    loads = {r["section"]: {k: v for k, v in r.items() if k.startswith("load_before")} for r in rows}
+    print(f"\nMachine load before each side's measurement: {loads}")
     print(f"\nJSON: {write_json(args.json, {'info': info, 'rows': rows})}")
 
 
