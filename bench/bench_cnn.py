@@ -26,7 +26,11 @@ computes the first M images only (M a multiple of B; --nt-images-a/--nt-images-b
 computes (M/B)^2 blocks of B x B pairs, each at the same cost, so its time for all N is
 extrapolated as t_M (N/M)^2 (the table says so) and its rate is N (N + 1) / 2 over that time.
 The rate is what is compared. Both sides' kernels on the first M images are compared (largest
-absolute difference over the largest entry, NNGP and NTK).
+absolute difference over the largest entry, NNGP and NTK; also over the pairs of distinct images
+alone, since Neural Tangents' NTK of an image with itself is off by ~sqrt(machine epsilon)).
+The NT batch and image counts are options (--nt-batch-a/-b, --nt-images-a/-b). The machine's
+load (1-minute average, CPU pressure) is recorded before each side's measurement.
+Timings measured on this 2-CPU machine while it was shared: expect a full run of ~25 minutes.
 
 With --device cuda (fastntk only; run by bench/gpu/check.sh): (b) at N = 1024 (--quick: 128) in
 float32 and float64 on CuPy arrays, one warm-up call on 32 images first, each timed once with the
