@@ -87,14 +87,21 @@ struct Pass {
   const double* w;  // [m], or null for weight 1
 };
 
-// The input position of offset u of output position i, or -1 outside the input.
-FASTNTK_HD FASTNTK_ALWAYS_INLINE Index position(Index i, int u, int stride, int pad, int n, bool circular) {
+// The input position of offset u of output position i, wrapped once if circular; it reads
+// the input where 0 <= p < n (inside(p, n)), else 0.
+FASTNTK_HD FASTNTK_ALWAYS_INLINE Index raw_position(Index i, int u, int stride, int pad, int n, bool circular) {
   Index p = stride * i + u - pad;
   if (circular) {
     p += p < 0 ? n : 0;
     p -= p >= n ? n : 0;
   }
-  return (p >= 0 && p < n) ? p : -1;
+  return p;
+}
+FASTNTK_HD FASTNTK_ALWAYS_INLINE bool inside(Index p, int n) { return p >= 0 && p < n; }
+// The same as one number: the position, or -1 outside the input.
+FASTNTK_HD FASTNTK_ALWAYS_INLINE Index position(Index i, int u, int stride, int pad, int n, bool circular) {
+  const Index p = raw_position(i, u, stride, pad, n, circular);
+  return inside(p, n) ? p : -1;
 }
 
 // The window terms of one output row, hoisted out of its entry loop: for each offset u the
@@ -109,13 +116,18 @@ struct RowTerms {
 // run_pass with the window size W fixed at compile time (W = 0: p.window, terms computed per
 // entry), so that the window unrolls into straight-line code inside the executor's entry
 // loop, whose reads are then contiguous (masked only where the inner axis is the one summed).
-template <bool Ntk, int W, class Exec>
+// Unit: stride 1 and no wrap, where an entry's input position is its own plus a constant,
+// so that reads along the inner axis are contiguous vectors rather than gathers.
+// Weighted: the Pool weights w (normalize_edges); a compile-time choice, since a per-entry
+// `w ? w[i] : 1` becomes a masked load from a null pointer, which costs a microcode assist
+// per vector on some CPUs.
+template <bool Ntk, int W, bool Unit, bool Weighted, class Exec>
 FASTNTK_HD FASTNTK_ALWAYS_INLINE void run_pass_w(Exec& ex, const Pass& p, const double* FASTNTK_RESTRICT is,
                                                  const double* FASTNTK_RESTRICT it, double* FASTNTK_RESTRICT os,
                                                  double* FASTNTK_RESTRICT ot, const PassCoef& k) {
   constexpr int kTerms = W > 0 ? W : 1;
-  const int n = p.n, m = p.m, window = W > 0 ? W : p.window, stride = p.stride, pad = p.pad;
-  const bool circ = p.circular;
+  const int n = p.n, m = p.m, window = W > 0 ? W : p.window, stride = Unit ? 1 : p.stride, pad = p.pad;
+  const bool circ = Unit ? false : p.circular;
   const double* FASTNTK_RESTRICT w = p.w;
   const Index a1 = p.a1, a2 = p.a2;
   const double sm = k.sm, b = k.b, ts = k.ts, tm = k.tm, e = k.e;
@@ -175,10 +187,10 @@ FASTNTK_HD FASTNTK_ALWAYS_INLINE void run_pass_w(Exec& ex, const Pass& p, const 
         return [=](Index j) FASTNTK_LAMBDA_INLINE {
           double bs = 0.0, bt = 0.0;
           for (int u = 0; u < window; ++u) {
-            const Index jj = position(j, u, stride, pad, n, circ);
+            const Index jj = raw_position(j, u, stride, pad, n, circ);
             const Index ii = W > 0 ? 0 : position(i, u, stride, pad, n, circ);
             const Index row = W > 0 ? t.off[u < kTerms ? u : 0] : base + ii * s_i;
-            const bool ok = jj >= 0 && (W > 0 ? t.mask[u < kTerms ? u : 0] != 0.0 : ii >= 0);
+            const bool ok = inside(jj, n) && (W > 0 ? t.mask[u < kTerms ? u : 0] != 0.0 : ii >= 0);
             if (ok) {
               bs += is[row + jj];
               if (Ntk) bt += it[row + jj];
@@ -196,7 +208,7 @@ FASTNTK_HD FASTNTK_ALWAYS_INLINE void run_pass_w(Exec& ex, const Pass& p, const 
         const Index i = r % m;
         const Index base = (r / m) * s_a0;
         const RowTerms<kTerms> t = terms(base, s_i, i, 0, 0, false);
-        const double wi = w ? w[i] : 1.0;
+        const double wi = Weighted ? w[i] : 1.0;
         const Index o = r * a2;
         return [=](Index c) FASTNTK_LAMBDA_INLINE {
           double bs = 0.0, bt = 0.0;
@@ -225,13 +237,13 @@ FASTNTK_HD FASTNTK_ALWAYS_INLINE void run_pass_w(Exec& ex, const Pass& p, const 
         return [=](Index i) FASTNTK_LAMBDA_INLINE {
           double bs = 0.0, bt = 0.0;
           for (int u = 0; u < window; ++u) {
-            const Index ii = position(i, u, stride, pad, n, circ);
-            if (ii >= 0) {
+            const Index ii = raw_position(i, u, stride, pad, n, circ);
+            if (inside(ii, n)) {
               bs += is[base + ii];
               if (Ntk) bt += it[base + ii];
             }
           }
-          const double wi = w ? w[i] : 1.0;
+          const double wi = Weighted ? w[i] : 1.0;
           os[o + i] = sm * (wi * bs) + b;
           if (Ntk) ot[o + i] = ts * (wi * bs) + tm * (wi * bt) + e;
         };
@@ -244,17 +256,26 @@ FASTNTK_HD FASTNTK_ALWAYS_INLINE void run_pass_w(Exec& ex, const Pass& p, const 
 template <bool Ntk, class Exec>
 FASTNTK_HD inline void run_pass(Exec& ex, const Pass& p, const double* is, const double* it, double* os, double* ot,
                                 const PassCoef& k) {
+  if (p.w) return run_pass_w<Ntk, 0, false, true>(ex, p, is, it, os, ot, k);
+  if (p.stride == 1 && !p.circular) {
+    switch (p.window) {
+      case 2:
+        return run_pass_w<Ntk, 2, true, false>(ex, p, is, it, os, ot, k);
+      case 3:
+        return run_pass_w<Ntk, 3, true, false>(ex, p, is, it, os, ot, k);
+      case 5:
+        return run_pass_w<Ntk, 5, true, false>(ex, p, is, it, os, ot, k);
+      default:
+        return run_pass_w<Ntk, 0, true, false>(ex, p, is, it, os, ot, k);
+    }
+  }
   switch (p.window) {
     case 2:
-      return run_pass_w<Ntk, 2>(ex, p, is, it, os, ot, k);
+      return run_pass_w<Ntk, 2, false, false>(ex, p, is, it, os, ot, k);
     case 3:
-      return run_pass_w<Ntk, 3>(ex, p, is, it, os, ot, k);
-    case 4:
-      return run_pass_w<Ntk, 4>(ex, p, is, it, os, ot, k);
-    case 5:
-      return run_pass_w<Ntk, 5>(ex, p, is, it, os, ot, k);
+      return run_pass_w<Ntk, 3, false, false>(ex, p, is, it, os, ot, k);
     default:
-      return run_pass_w<Ntk, 0>(ex, p, is, it, os, ot, k);
+      return run_pass_w<Ntk, 0, false, false>(ex, p, is, it, os, ot, k);
   }
 }
 
@@ -387,6 +408,9 @@ struct ActivationStep {
   const double* rx;  // x's record
   const double* ry;  // y's record
   double* record;    // Point: x's record, written here
+  // Full regime: the entries [row0, row0 + rows) x [col0, col0 + cols) of the S x S state
+  // (rows = 0: all of them). Pair mode only (see fused_conv_activation).
+  Index row0 = 0, col0 = 0, rows = 0, cols = 0;
 
   template <class Map>
   FASTNTK_HD bool activation(const Op& op_ref, int, int) {
@@ -412,14 +436,17 @@ struct ActivationStep {
     double* FASTNTK_RESTRICT ss = s;
     double* FASTNTK_RESTRICT tt = t;
     if (full) {
-      ex.each_row(n, n, [&](Index i) FASTNTK_LAMBDA_INLINE {
+      const Index i0 = row0, j0 = col0;
+      const double* FASTNTK_RESTRICT yb = yq + j0;  // y's Stats from column j0 on
+      ex.each_row(rows > 0 ? rows : n, rows > 0 ? cols : n, [&](Index r) FASTNTK_LAMBDA_INLINE {
+        const Index i = i0 + r;
         const StatsT<double> x{xq[i], xq[n + i], xq[2 * n + i], xq[3 * n + i]};
-        double* FASTNTK_RESTRICT srow = ss + i * n;
-        double* FASTNTK_RESTRICT trow = Ntk ? tt + i * n : nullptr;
+        double* FASTNTK_RESTRICT srow = ss + i * n + j0;
+        double* FASTNTK_RESTRICT trow = Ntk ? tt + i * n + j0 : nullptr;
         return [=](Index j) FASTNTK_LAMBDA_INLINE {
-          const StatsT<double> y{yq[j], yq[n + j], yq[2 * n + j], yq[3 * n + j]};
+          const StatsT<double> y{yb[j], yb[n + j], yb[2 * n + j], yb[3 * n + j]};
           double sv = srow[j], tv = Ntk ? trow[j] : 0.0;
-          if (Point && i == j) {
+          if (Point && i == j0 + j) {
             double f, dot;
             Map::diag(op, coef, x.q, f, dot);
             sv = f;
@@ -524,6 +551,132 @@ FASTNTK_HD void move(Exec& ex, const SpatialProgramView& prog, const SpatialOp& 
   ex.sync();
 }
 
+
+// Unit: strides 1 and no wrap (compile-time), so that pass 1's reads are contiguous vectors.
+template <bool Ntk, int W0, int W1, bool Unit, class Exec, class Step>
+FASTNTK_HD void conv2d_activation_blocks(Exec& ex, const SpatialLinearOp& op, const double* FASTNTK_RESTRICT is,
+                                         const double* FASTNTK_RESTRICT it, double* FASTNTK_RESTRICT os,
+                                         double* FASTNTK_RESTRICT ot, double* FASTNTK_RESTRICT bs_,
+                                         double* FASTNTK_RESTRICT bt_, Step& step, const Op& act_op, int k, int a) {
+  constexpr int kT0 = W0 > 0 ? W0 : 1, kT1 = W1 > 0 ? W1 : 1;
+  const int n0 = op.in.dims[0], n1 = op.in.dims[1], m0 = op.out.dims[0], m1 = op.out.dims[1];
+  const int w0 = W0 > 0 ? W0 : op.window[0], w1 = W1 > 0 ? W1 : op.window[1];
+  const int s0 = Unit ? 1 : op.strides[0], s1 = Unit ? 1 : op.strides[1], p0 = op.pad_lo[0], p1 = op.pad_lo[1];
+  const bool circ = Unit ? false : op.circular != 0;
+  const Index s_in = Index(n0) * n1, s_out = Index(m0) * m1;
+  const double sm = op.sigma_mul, b = op.beta, tsig = op.theta_from_sigma, tm = op.theta_mul, e = op.eps;
+  for (Index i0 = 0; i0 < m0; ++i0) {
+    // Pass 0 (axis 0 of both positions) for the whole band of output rows (i0, :):
+    // band[(bb, j0), d] = sum_u in[(P(u, i0), bb), (P(u, j0), d)]. Row by row of the input this
+    // reads W0 rows sequentially; the band (n1 * m0 * n1 entries) then stays in cache.
+    ex.each_row(Index(n1) * m0, n1, [&](Index r) FASTNTK_LAMBDA_INLINE {
+      const Index bb = r / m0, j0 = r % m0;
+      RowTerms<kT0> t;
+      for (int u = 0; u < kT0; ++u) {
+        const Index pi = position(i0, u, s0, p0, n0, circ), pj = position(j0, u, s0, p0, n0, circ);
+        const bool ok = pi >= 0 && pj >= 0;
+        t.off[u] = ok ? (pi * n1 + bb) * s_in + pj * n1 : 0;
+        t.mask[u] = ok ? 1.0 : 0.0;
+      }
+      const Index o = r * n1;
+      return [=](Index d) FASTNTK_LAMBDA_INLINE {
+        double vs = 0.0, vt = 0.0;
+        if (W0 > 0) {
+          for (int u = 0; u < kT0; ++u) {
+            vs += t.mask[u] * is[t.off[u] + d];
+            if (Ntk) vt += t.mask[u] * it[t.off[u] + d];
+          }
+        } else {
+          for (int u = 0; u < w0; ++u) {
+            const Index pi = position(i0, u, s0, p0, n0, circ), pj = position(j0, u, s0, p0, n0, circ);
+            if (pi >= 0 && pj >= 0) {
+              vs += is[(pi * n1 + bb) * s_in + pj * n1 + d];
+              if (Ntk) vt += it[(pi * n1 + bb) * s_in + pj * n1 + d];
+            }
+          }
+        }
+        bs_[o + d] = vs;
+        if (Ntk) bt_[o + d] = vt;
+      };
+    });
+    ex.sync();
+    const Index band_row = Index(m0) * n1;  // band[(bb, j0), d] at bb * band_row + j0 * n1 + d
+    for (Index j0 = 0; j0 < m0; ++j0) {
+      // Pass 1 (axis 1 of both positions) with the op's coefficients, into the output block.
+      const double* FASTNTK_RESTRICT ps = bs_ + j0 * n1;
+      const double* FASTNTK_RESTRICT pt = Ntk ? bt_ + j0 * n1 : nullptr;
+      ex.each_row(m1, m1, [&](Index r) FASTNTK_LAMBDA_INLINE {
+        RowTerms<kT1> t;
+        for (int u = 0; u < kT1; ++u) {
+          const Index pi = position(r, u, s1, p1, n1, circ);
+          t.off[u] = pi >= 0 ? pi * band_row : 0;
+          t.mask[u] = pi >= 0 ? 1.0 : 0.0;
+        }
+        const Index o = (i0 * m1 + r) * s_out + j0 * m1;
+        return [=](Index c) FASTNTK_LAMBDA_INLINE {
+          double vs = 0.0, vt = 0.0;
+          for (int u = 0; u < w1; ++u) {
+            const Index pj = raw_position(c, u, s1, p1, n1, circ);
+            const Index pi = W1 > 0 ? 0 : position(r, u, s1, p1, n1, circ);
+            const Index row = W1 > 0 ? t.off[u < kT1 ? u : 0] : pi * band_row;
+            const bool ok = inside(pj, n1) && (W1 > 0 ? t.mask[u < kT1 ? u : 0] != 0.0 : pi >= 0);
+            if (ok) {
+              vs += ps[row + pj];
+              if (Ntk) vt += pt[row + pj];
+            }
+          }
+          os[o + c] = sm * vs + b;
+          if (Ntk) ot[o + c] = tsig * vs + tm * vt + e;
+        };
+      });
+      ex.sync();
+      step.row0 = i0 * m1;
+      step.col0 = j0 * m1;
+      step.rows = step.cols = m1;
+      visit_activation(act_op, k, a, step);
+    }
+  }
+}
+
+// Whether ops k, k + 1 are a 2-D full-regime Conv (both axes non-trivial) and an activation
+// of its destination: conv2d_activation_blocks runs them (pair mode).
+FASTNTK_HD inline bool fusable(const SpatialProgramView& prog, int k) {
+  if (!prog.full || k + 1 >= prog.n_ops) return false;
+  const SpatialOp& op = prog.ops[k];
+  const SpatialOp& next = prog.ops[k + 1];
+  return op.kind == SpatialOpKind::Linear && op.linear.map == SpatialMap::Conv && op.linear.in.n_dims == 2 &&
+         !trivial_axis(op.linear, 0) && !trivial_axis(op.linear, 1) && next.kind == SpatialOpKind::Activation &&
+         next.activation.reg == op.linear.dst;
+}
+
+template <bool Ntk, class Exec>
+FASTNTK_HD void fused_conv_activation(Exec& ex, const SpatialProgramView& prog, int k, int a,
+                                      const SpatialWorkspace& ws, Buffers& buf, const double* rx, const double* ry) {
+  const SpatialLinearOp& op = prog.ops[k].linear;
+  const SpatialActivationOp& act = prog.ops[k + 1].activation;
+  const Index stride = ws.stride;
+  const int src = buf.of[op.src], out = buf.spare[0], tmp = buf.spare[1];
+  const double* is = ws.sigma + src * stride;
+  const double* it = Ntk ? ws.theta + src * stride : nullptr;
+  double* os = ws.sigma + out * stride;
+  double* ot = Ntk ? ws.theta + out * stride : nullptr;
+  double* bs = ws.sigma + tmp * stride;
+  double* bt = Ntk ? ws.theta + tmp * stride : nullptr;
+  ActivationStep<Ntk, false, Exec> step{ex, prog, act, os, ot, rx, ry, nullptr};
+  const bool w3 = op.window[0] == 3 && op.window[1] == 3;
+  const bool unit = op.strides[0] == 1 && op.strides[1] == 1 && !op.circular;
+  if (w3 && unit)
+    conv2d_activation_blocks<Ntk, 3, 3, true>(ex, op, is, it, os, ot, bs, bt, step, act.op, k + 1, a);
+  else if (w3)
+    conv2d_activation_blocks<Ntk, 3, 3, false>(ex, op, is, it, os, ot, bs, bt, step, act.op, k + 1, a);
+  else
+    conv2d_activation_blocks<Ntk, 0, 0, false>(ex, op, is, it, os, ot, bs, bt, step, act.op, k + 1, a);
+  ex.sync();
+  const int old = buf.of[op.dst];
+  buf.of[op.dst] = out;
+  buf.spare[0] = old;
+}
+
 }  // namespace spatial_detail
 
 // Runs the program on one pair. On entry buffer 0 of ws.sigma holds register 0's input
@@ -547,6 +700,12 @@ FASTNTK_HD int spatial_walk(Exec& ex, const SpatialProgramView& prog, const Spat
   int a = 0;
   for (int k = 0; k < prog.n_ops; ++k) {
     const SpatialOp& op = prog.ops[k];
+    if (!Point && fusable(prog, k)) {  // the Conv and its activation, block by block
+      fused_conv_activation<Ntk>(ex, prog, k, a, ws, buf, rx, ry);
+      ++k;
+      ++a;
+      continue;
+    }
     switch (op.kind) {
       case SpatialOpKind::Linear:
         linear<Ntk>(ex, prog, op.linear, ws, buf);
