@@ -36,6 +36,14 @@ namespace {
 using Index = std::int64_t;
 using detail::as_stream;
 
+// Blocks per SM the kernels are compiled for (__launch_bounds__): 2, i.e. at most 128
+// registers per thread. The walk is bound by memory traffic (a full-regime state is S^2
+// doubles per buffer, far beyond L1/L2), so latency is hidden by warps in flight: unbounded,
+// the NTK pair kernel takes 166 registers and one 8-warp block per SM; bounded, ptxas (CUDA
+// 13, sm_90) spills a little (340 bytes of stores, 1 KB of loads in the code; to L1-cached
+// local memory) and two blocks (16 warps) run per SM. To be confirmed by measurement.
+constexpr int kSpatialMinBlocksPerSM = 2;
+
 // The executor of spatial_walk_impl.hpp for one CUDA block (blockDim.x a power of two,
 // 32 .. kSpatialMaxThreads, one dimension).
 struct BlockExec {
@@ -170,7 +178,8 @@ __device__ __forceinline__ bool gaussian_diverges(BlockExec& ex, const SpatialPr
 // ---- The point pass: block b walks images b, b + gridDim.x, ...
 
 template <bool Ntk>
-__global__ void __launch_bounds__(kSpatialMaxThreads) spatial_points_kernel(SpatialPoints a) {
+__global__ void __launch_bounds__(kSpatialMaxThreads, kSpatialMinBlocksPerSM)
+    spatial_points_kernel(SpatialPoints a) {
   __shared__ double scratch[32];
   extern __shared__ double shared_ws[];
   BlockExec ex{scratch};
@@ -196,7 +205,8 @@ __global__ void __launch_bounds__(kSpatialMaxThreads) spatial_points_kernel(Spat
 // ---- The pair pass: block b walks pairs b, b + gridDim.x, ... of the band, row-major.
 
 template <bool Ntk>
-__global__ void __launch_bounds__(kSpatialMaxThreads) spatial_pairs_kernel(SpatialPairs a) {
+__global__ void __launch_bounds__(kSpatialMaxThreads, kSpatialMinBlocksPerSM)
+    spatial_pairs_kernel(SpatialPairs a) {
   __shared__ double scratch[32];
   extern __shared__ double shared_ws[];
   BlockExec ex{scratch};
@@ -282,7 +292,8 @@ void spatial_points_cuda(const SpatialPoints& a, std::uintptr_t stream) {
   check_launch(a.prog, a.launch, ntk, "spatial_points_cuda");
   if (!a.x || !a.records || !a.stopped || !a.not_finite)
     throw std::invalid_argument("spatial_points_cuda: a buffer is a null pointer");
-  if (a.record_stride < a.prog.point_stride) throw std::invalid_argument("spatial_points_cuda: record_stride too small");
+  if (a.record_stride < a.prog.point_stride)
+    throw std::invalid_argument("spatial_points_cuda: record_stride too small");
   const cudaStream_t s = as_stream(stream);
   return ntk ? launch_points<true>(a, s) : launch_points<false>(a, s);
 }
