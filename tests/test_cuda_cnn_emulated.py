@@ -254,3 +254,14 @@ def test_input_errors(emulated, rng):
         _engine.spatial_gram(p, cp.asarray(x), x, ("nngp",))
     with pytest.raises(ValueError, match="values per image"):
         _engine.spatial_gram(p, cp.asarray(x[..., :1]), None, ("nngp",))
+
+
+def test_empty_inputs(emulated, rng):
+    cp, mod = emulated
+    p = _program(True)
+    x = _x(rng, p, 3)
+    out = _engine.spatial_gram(p, cp.asarray(x[:0]), cp.asarray(x), ("nngp", "ntk"))
+    assert out["nngp"].shape == (0, 3, 1) and out["ntk"].shape == (0, 3, 1)
+    out = _engine.spatial_gram(p, x[:0], None, ("nngp",), device="cuda")
+    assert out["nngp"].shape == (0, 0, 1)
+    assert not [c for c in mod.calls if c[0].startswith("spatial")]

@@ -682,7 +682,7 @@ def spatial_gram(sprog, a1, a2, names, *, dtype=np.float64, to_host=False, repor
 
 def _spatial_rows(cp, a, name: str, row: int):
     """a as C-contiguous float64 (N, S_in * C) on its device: one flattened NHWC image per row."""
-    a = a.reshape(a.shape[0], -1) if a.ndim != 2 else a
+    a = a.reshape(a.shape[0], int(np.prod(a.shape[1:]))) if a.ndim != 2 else a  # -1 fails for N = 0
     if a.shape[1] != row:
         raise ValueError(
             f"{name} must have {row} values per image (positions x channels), got shape {a.shape}"

@@ -625,7 +625,7 @@ def _spatial_gram_gpu(sprog, a1, a2, names, device, dtype, progress) -> dict:
 
     def rows(a):
         a = a if _gpu.is_device_array(a) else np.asarray(a)
-        return a.reshape(a.shape[0], -1) if a.ndim > 2 else a
+        return a.reshape(a.shape[0], int(np.prod(a.shape[1:]))) if a.ndim > 2 else a  # -1 fails for N = 0
 
     g1, g2, to_host = kernel_inputs(rows(a1), None if a2 is None else rows(a2), device)
     with progress_bar(None, "CNN kernel", progress=progress, unit="band") as bar:
