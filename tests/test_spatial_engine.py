@@ -95,7 +95,7 @@ def _linear_ref(a, full, map_, in_dims, out_dims, window, strides, pad_lo, circu
     def weight(ii):
         if not normalize_edges:
             return scale
-        count = sum(_read(ii, u, in_dims, strides, pad_lo, False) is not None for u in offs)
+        count = sum(_read(ii, u, in_dims, strides, pad_lo, circular) is not None for u in offs)
         return 1.0 / count
 
     out = np.zeros((so, so))
@@ -103,11 +103,11 @@ def _linear_ref(a, full, map_, in_dims, out_dims, window, strides, pad_lo, circu
         for oj, jj in enumerate(out_pos):
             acc = 0.0
             for u in offs:
-                pi = _read(ii, u, in_dims, strides, pad_lo, False)
+                pi = _read(ii, u, in_dims, strides, pad_lo, circular)
                 if pi is None:
                     continue
                 for v in offs:
-                    pj = _read(jj, v, in_dims, strides, pad_lo, False)
+                    pj = _read(jj, v, in_dims, strides, pad_lo, circular)
                     if pj is not None:
                         acc += a[pi, pj]
             out[oi, oj] = weight(ii) * weight(jj) * acc
@@ -315,6 +315,7 @@ def rng():
         ((7,), (3,), (2,), "VALID"),
         ((6,), (4,), (1,), "CIRCULAR"),
         ((4, 5), (3, 3), (1, 1), "SAME"),
+        ((6, 5), (3, 3), (1, 1), "VALID"),
         ((5, 4), (3, 2), (2, 1), "VALID"),
         ((4, 5), (3, 3), (2, 2), "CIRCULAR"),
         ((5, 4), (2, 3), (1, 2), "SAME"),
@@ -346,7 +347,13 @@ def test_erf_and_flatten(rng, full):
 @pytest.mark.parametrize("normalize_edges", [False, True])
 @pytest.mark.parametrize(
     "dims, window, strides, padding",
-    [((5, 4), (2, 2), (2, 2), "VALID"), ((5, 4), (3, 3), (1, 1), "SAME"), ((7,), (3,), (2,), "SAME")],
+    [
+        ((5, 4), (2, 2), (2, 2), "VALID"),
+        ((5, 4), (3, 3), (1, 1), "SAME"),
+        ((7,), (3,), (2,), "SAME"),
+        ((5, 4), (3, 2), (2, 1), "CIRCULAR"),
+        ((3, 3, 2), (2, 2, 2), (1, 2, 1), "SAME"),
+    ],
 )
 def test_pool(rng, normalize_edges, dims, window, strides, padding):
     b = Both(dims, 2, True)
@@ -357,8 +364,8 @@ def test_pool(rng, normalize_edges, dims, window, strides, padding):
         m = (n - k) // s + 1 if padding == "VALID" else -(-n // s)
         out.append(m)
         pads.append(0 if padding == "VALID" else max((m - 1) * s + k - n, 0) // 2)
-    b.linear(0, 0, "pool", dims, out, window, strides, pads, normalize_edges=normalize_edges,
-             scale=1.0 / math.prod(window))  # fmt: skip
+    b.linear(0, 0, "pool", dims, out, window, strides, pads, circular=padding == "CIRCULAR",
+             normalize_edges=normalize_edges, scale=1.0 / math.prod(window))  # fmt: skip
     b.check(rng, dims, 2)
 
 
@@ -517,3 +524,82 @@ def test_program_properties():
     p.add_activation(0, _fc_program(), 1)
     assert p.n_ops == 2 and p.n_activations == 1 and p.full and p.out_dims == [3, 3]
     assert p.out_size == 81 and p.op_layers == [4, 4] and p.channels == 3 and p.in_dims == [6, 5]
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_threads_do_not_change_results(rng, full):
+    """Each pair's walk is sequential and its BLAS call has a fixed shape: the entries do not
+    depend on the number of threads (bit for bit)."""
+    dims = (4, 4)
+    b = Both(dims, 2, full)
+    b.conv(0, dims, (3, 3), (1, 1), "SAME")
+    b.relu(0)
+    x = rng.standard_normal((9, *dims, 2))
+    try:
+        _engine.set_num_threads(1)
+        one = _engine.spatial_gram(b.native, x, None, ("nngp", "ntk"))
+        _engine.set_num_threads(2)
+        two = _engine.spatial_gram(b.native, x, None, ("nngp", "ntk"))
+    finally:
+        _engine.set_num_threads(None)
+    for name in one:
+        np.testing.assert_array_equal(one[name], two[name])
+
+
+def test_gaussian_divergence_is_a_value_error(rng):
+    """Gaussian(a, b > 0) needs 4 b q < 1 at every position: the point pass checks each image
+    before any pair is computed and names the layer."""
+    fc = _core.Program()
+    fc.add_dense(1.0, None, False, 1.0)
+    fc.add_gaussian(1.0, 0.5)
+    p = _core.SpatialProgram([3], 1, False, 1)
+    p.set_layer(7)
+    p.add_activation(0, fc, 1)
+    small = np.full((2, 3, 1), 0.5)  # q = 0.25: 4 b q = 0.5
+    out = _engine.spatial_gram(p, small, None, ("nngp",))["nngp"]
+    np.testing.assert_allclose(out[0, 0], 1.0 / math.sqrt(1.0 - 4 * 0.5 * 0.25), rtol=1e-14)
+    big = small.copy()
+    big[1, 2, 0] = 2.0  # q = 4 at position 2 of image 1
+    with pytest.raises(ValueError, match=r"Gaussian.*layer 7.*image 1 of x1.*position 2"):
+        _engine.spatial_gram(p, big, None, ("nngp",))
+
+
+# A full-regime CNN (a pair: a few milliseconds), the number of images sized to this machine.
+_CTRL_C_NET = """
+import numpy as np
+from fastntk import _core, _engine
+fc = _core.Program()
+fc.add_dense(1.0, None, False, 1.0)
+fc.add_abrelu(0.0, 1.0)
+sprog = _core.SpatialProgram([16, 16], 3, True, 1)
+for _ in range(4):
+    sprog.add_linear(0, 0, "conv", [16, 16], [16, 16], [3, 3], [1, 1], [1, 1], False, False, 1 / 9, 2.0, 0.0, 2.0,
+                     2.0, 0.0)
+    sprog.add_activation(0, fc, 1)
+sprog.add_linear(0, 0, "global", [16, 16], [])
+x = np.random.default_rng(0).standard_normal(({n}, 16, 16, 3))
+"""
+
+
+def test_ctrl_c_stops_spatial_gram():
+    """The pairs release the GIL and poll for Ctrl-C between pairs."""
+    from ctrl_c import seconds_to_stop, size_for  # noqa: PLC0415
+
+    scope = {}
+    exec(_CTRL_C_NET.format(n=1), scope)
+    sprog, x = scope["sprog"], np.random.default_rng(0).standard_normal((400, 16, 16, 3))
+    n = size_for(4.0, lambda m: _engine.spatial_gram(sprog, x[:m], None, ("nngp", "ntk")), 4, power=2)
+    seconds = seconds_to_stop(_CTRL_C_NET.format(n=n), '_engine.spatial_gram(sprog, x, None, ("nngp", "ntk"))')
+    assert seconds < 1.0, f"took {seconds:.2f} s after Ctrl-C to stop"
+
+
+def test_out_shape_tail_alias(rng):
+    """The front end passes the output's trailing shape instead of its size."""
+    p = _core.SpatialProgram([3, 2], 1, True, 1)
+    x = rng.standard_normal((2, 6))
+    a = _engine.spatial_gram(p, x, None, ("nngp",), out_shape_tail=(36,))["nngp"]
+    b = _engine.spatial_gram(p, x, None, ("nngp",), out_shape_tail=(6, 6))["nngp"]
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a[0, 1].reshape(6, 6), np.outer(x[0], x[1]), rtol=1e-15)
+    with pytest.raises(ValueError, match="out_size"):
+        _engine.spatial_gram(p, x, None, ("nngp",), out_shape_tail=(6,))

@@ -64,8 +64,8 @@ enum class SpatialMap : std::int32_t { Identity = 0, Conv = 1, Pool = 2, Flatten
 struct SpatialLinearOp {
   SpatialMap map;
   std::int32_t src, dst;
-  // Conv: out-of-range positions wrap modulo the axis size (else they read 0); the builder
-  // ensures that one wrap suffices (window <= axis size).
+  // Conv, Pool: out-of-range positions wrap modulo the axis size (else they read 0); the
+  // builder ensures that one wrap suffices (window <= axis size).
   std::int32_t circular;
   std::int32_t normalize_edges;  // Pool: weights 1 / (in-range window positions), per axis
   SpatialShape in, out;

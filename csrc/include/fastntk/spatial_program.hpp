@@ -71,7 +71,6 @@ class SpatialProgram {
       const bool pool = map == "pool";
       op.map = pool ? SpatialMap::Pool : SpatialMap::Conv;
       if (pool && !full_) throw std::invalid_argument(where + ": 'pool' needs the full regime (full=True)");
-      if (pool && circular) throw std::invalid_argument(where + ": 'pool' does not take circular padding");
       const int d = op.in.n_dims;
       if (d == 0) throw std::invalid_argument(where + ": '" + map + "' needs a spatial register, got a scalar");
       if (op.out.n_dims != d)
@@ -92,7 +91,7 @@ class SpatialProgram {
                                       std::to_string(window[k]) + ") larger than the input (" +
                                       std::to_string(op.in.dims[k]) + ") is not supported");
         if (op.normalize_edges)
-          op.weights[k] = edge_weights(op.in.dims[k], op.out.dims[k], window[k], strides[k], pad_lo[k]);
+          op.weights[k] = edge_weights(op.in.dims[k], op.out.dims[k], window[k], strides[k], pad_lo[k], circular);
       }
       if (pool) f = op.normalize_edges ? 1.0 : scale * scale;
       // The intermediate states of the separable passes: the largest is bounded by
@@ -294,14 +293,15 @@ class SpatialProgram {
   void note_entries(const SpatialShape& s) { max_entries_ = std::max(max_entries_, s.entries(full_)); }
 
   // 1 / (in-range window positions) of each output position; -1 when all are 1.
-  int edge_weights(int n, int m, int window, int stride, int pad_lo) {
+  // (Circular: every window position reads the input.)
+  int edge_weights(int n, int m, int window, int stride, int pad_lo, bool circular) {
     std::vector<double> w(m);
     bool all_one = true;
     for (int i = 0; i < m; ++i) {
       int count = 0;
       for (int u = 0; u < window; ++u) {
         const long long p = static_cast<long long>(stride) * i + u - pad_lo;
-        count += (p >= 0 && p < n) ? 1 : 0;
+        count += (circular || (p >= 0 && p < n)) ? 1 : 0;
       }
       w[i] = 1.0 / std::max(count, 1);
       all_one = all_one && count == 1;

@@ -567,8 +567,9 @@ FASTNTK_HD void conv2d_activation_blocks(Exec& ex, const SpatialLinearOp& op, co
   const double sm = op.sigma_mul, b = op.beta, tsig = op.theta_from_sigma, tm = op.theta_mul, e = op.eps;
   for (Index i0 = 0; i0 < m0; ++i0) {
     // Pass 0 (axis 0 of both positions) for the whole band of output rows (i0, :):
-    // band[(bb, j0), d] = sum_u in[(P(u, i0), bb), (P(u, j0), d)]. Row by row of the input this
-    // reads W0 rows sequentially; the band (n1 * m0 * n1 entries) then stays in cache.
+    // band[j0, bb, d] = sum_u in[(P(u, i0), bb), (P(u, j0), d)]. Row by row of the input this
+    // reads W0 rows sequentially; the band (m0 * n1 * n1 entries) then stays in cache, block
+    // j0 as one contiguous n1 x n1 piece for pass 1.
     ex.each_row(Index(n1) * m0, n1, [&](Index r) FASTNTK_LAMBDA_INLINE {
       const Index bb = r / m0, j0 = r % m0;
       RowTerms<kT0> t;
@@ -578,7 +579,7 @@ FASTNTK_HD void conv2d_activation_blocks(Exec& ex, const SpatialLinearOp& op, co
         t.off[u] = ok ? (pi * n1 + bb) * s_in + pj * n1 : 0;
         t.mask[u] = ok ? 1.0 : 0.0;
       }
-      const Index o = r * n1;
+      const Index o = (j0 * n1 + bb) * n1;
       return [=](Index d) FASTNTK_LAMBDA_INLINE {
         double vs = 0.0, vt = 0.0;
         if (W0 > 0) {
@@ -600,11 +601,11 @@ FASTNTK_HD void conv2d_activation_blocks(Exec& ex, const SpatialLinearOp& op, co
       };
     });
     ex.sync();
-    const Index band_row = Index(m0) * n1;  // band[(bb, j0), d] at bb * band_row + j0 * n1 + d
+    const Index band_row = n1;  // band[j0, bb, d] at (j0 * n1 + bb) * n1 + d
     for (Index j0 = 0; j0 < m0; ++j0) {
       // Pass 1 (axis 1 of both positions) with the op's coefficients, into the output block.
-      const double* FASTNTK_RESTRICT ps = bs_ + j0 * n1;
-      const double* FASTNTK_RESTRICT pt = Ntk ? bt_ + j0 * n1 : nullptr;
+      const double* FASTNTK_RESTRICT ps = bs_ + j0 * n1 * n1;
+      const double* FASTNTK_RESTRICT pt = Ntk ? bt_ + j0 * n1 * n1 : nullptr;
       ex.each_row(m1, m1, [&](Index r) FASTNTK_LAMBDA_INLINE {
         RowTerms<kT1> t;
         for (int u = 0; u < kT1; ++u) {
