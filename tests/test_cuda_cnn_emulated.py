@@ -265,3 +265,51 @@ def test_empty_inputs(emulated, rng):
     out = _engine.spatial_gram(p, x[:0], None, ("nngp",), device="cuda")
     assert out["nngp"].shape == (0, 0, 1)
     assert not [c for c in mod.calls if c[0].startswith("spatial")]
+
+
+# ---------------------------------------------------------------------------------------
+# The real fastntk._cuda where this build has it (no device needed): layout and argument checks
+
+
+def _real_module():
+    if not gpu.built():
+        pytest.skip("this build has no CUDA backend (fastntk._cuda)")
+    return gpu.native()
+
+
+def _prog_tuple(p):
+    return (1, p.n_ops, p.n_registers, p.n_activations, p.full, list(p.in_dims), list(p.out_dims),
+            p.max_entries, p.point_stride, 0)  # fmt: skip
+
+
+def test_real_module_spatial_op_layout_and_workspace():
+    mod = _real_module()
+    p = _program(True)
+    assert len(p.ops_bytes) == p.n_ops * mod.SPATIAL_OP_BYTES
+    # (R + 2) buffers of max_entries doubles, for Sigma and Theta
+    assert mod.spatial_workspace_doubles(_prog_tuple(p), True) == 2 * (p.n_registers + 2) * p.max_entries
+    assert mod.spatial_workspace_doubles(_prog_tuple(p), False) == (p.n_registers + 2) * p.max_entries
+
+
+def test_real_module_spatial_argument_errors():
+    """Bad arguments raise ValueError before anything reaches CUDA."""
+    mod = _real_module()
+    p = _program(True)
+    t = _prog_tuple(p)
+    launch = (1, 256, False, 1)
+    m = p.out_size
+    with pytest.raises(ValueError, match="the band lies outside"):
+        mod.spatial_pairs(t, 2, 1, 1, 1, 1, 1, 3, 3, 2, 2, 0, 3, False, False, 1, 0, m, 0, 0, 3 * m, False, 1,
+                          launch, 0, 0)  # fmt: skip
+    with pytest.raises(ValueError, match="mirror needs the whole square output"):
+        mod.spatial_pairs(t, 2, 1, 1, 1, 1, 1, 3, 3, 1, 1, 1, 2, True, False, 1, 0, m, 1, 1, 2 * m, True, 1,
+                          launch, 0, 0)  # fmt: skip
+    with pytest.raises(ValueError, match="row stride"):
+        mod.spatial_pairs(t, 2, 1, 1, 1, 1, 1, 3, 3, 0, 3, 0, 3, False, False, 1, 0, m, 0, 0, m, False, 1,
+                          launch, 0, 0)  # fmt: skip
+    with pytest.raises(ValueError, match="10 fields"):
+        mod.spatial_points(t[:9], 2, 1, 3, 1, 1, False, 0, 0, 0, 1, 1, launch, 0, 0)
+    with pytest.raises(ValueError, match="max_entries"):
+        mod.spatial_points(t[:7] + (1,) + t[8:], 2, 1, 3, 1, 1, False, 0, 0, 0, 1, 1, launch, 0, 0)
+    with pytest.raises(ValueError, match="channels"):
+        mod.spatial_points(t, 0, 1, 3, 1, 1, False, 0, 0, 0, 1, 1, launch, 0, 0)
