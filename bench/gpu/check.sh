@@ -36,12 +36,14 @@ time python3 -m pip install -q --no-build-isolation --no-deps --no-index --targe
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 python3 -c "import fastntk, json; print(json.dumps(fastntk.build_info(), indent=1)); print('has_cuda', fastntk.has_cuda())"
 
-# 1. The CUDA backend's tests first, verbosely (each GPU result against the CPU driver), with
-#    the skip reasons: nothing else may hide them. Their log comes back in $OUT.
+# 1. The CUDA backend's tests first, verbosely (each GPU result against the CPU driver: the FC
+#    kernels, then the CNN kernels of test_cuda_cnn.py), with the skip reasons: nothing else
+#    may hide them. Their log comes back in $OUT.
 cd /tmp
 python3 -c "import cupy; print('cupy', cupy.__version__, cupy.cuda.runtime.getDeviceCount(), 'device(s)')" || true
 set +e
-timeout 150 python3 -m pytest "$OLDPWD/tests/test_cuda.py" "$OLDPWD/tests/test_cuda_dispatch.py" -v -rs \
+timeout 210 python3 -m pytest "$OLDPWD/tests/test_cuda.py" "$OLDPWD/tests/test_cuda_dispatch.py" \
+  "$OLDPWD/tests/test_cuda_cnn.py" -v -rs \
   -p no:cacheprovider --rootdir "$OLDPWD" 2>&1 | tee "$OUT/gpu_tests.log" | tail -120
 # The other CuPy paths (fastntk.predict on CuPy arrays).
 timeout 60 python3 -m pytest "$OLDPWD/tests" -q -rs -p no:cacheprovider --rootdir "$OLDPWD" -k "cupy" 2>&1 | tail -8

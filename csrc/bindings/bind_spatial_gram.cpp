@@ -79,6 +79,17 @@ void bind_spatial_gram(py::module_& m) {
                              "Entries of the output per pair: 1 (scalar), S_out (diagonal) or S_out**2 (full).")
       .def_property_readonly("max_entries", &SpatialProgram::max_entries,
                              "Doubles of the largest state a workspace buffer holds.")
+      // What the CUDA backend copies to the device (fastntk._cuda.spatial_points / spatial_pairs).
+      .def_property_readonly(
+          "ops_bytes",
+          [](const SpatialProgram& p) {
+            return py::bytes(reinterpret_cast<const char*>(p.ops().data()),
+                             p.ops().size() * sizeof(fastntk::SpatialOp));
+          },
+          "The ops as raw bytes (trivially copyable structs).")
+      .def_property_readonly("coefficients", &SpatialProgram::coef,
+                             "The coefficient pool (polynomial activations, pool edge weights).")
+      .def_property_readonly("point_stride", &SpatialProgram::point_stride, "Doubles of one image's point record.")
       .def_property_readonly(
           "op_layers",
           [](const SpatialProgram& p) {

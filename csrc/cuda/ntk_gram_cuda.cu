@@ -10,6 +10,8 @@
 
 #include <cuda_runtime.h>
 
+#include "cuda_check.cuh"
+
 #include <string>
 
 #include "fastntk/activations.hpp"
@@ -21,17 +23,7 @@ namespace fastntk {
 namespace cuda {
 namespace {
 
-// Throws CudaError for a failed runtime call, with the expression and where it failed.
-void check(cudaError_t err, const char* expr, const char* file, int line) {
-  if (err == cudaSuccess) return;
-  throw CudaError(std::string("fastntk CUDA error: ") + expr + " failed: " + cudaGetErrorName(err) + ": " +
-                  cudaGetErrorString(err) + " (" + file + ":" + std::to_string(line) + ")");
-}
-#define FASTNTK_CUDA_CHECK(expr) ::fastntk::cuda::check((expr), #expr, __FILE__, __LINE__)
-// After a launch: a bad configuration shows here (an asynchronous fault shows at the next sync).
-#define FASTNTK_CUDA_CHECK_LAUNCH(what) ::fastntk::cuda::check(cudaGetLastError(), what, __FILE__, __LINE__)
-
-cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+using detail::as_stream;
 
 // ---- The per-point pass.
 

@@ -453,3 +453,268 @@ def diagonal(prog, a):
         _, q, t = _points(ctx, a, "x", lambda i: a[i].get())
         nngp, ntk = q[0, :, 0].astype(a.dtype), t[0, :, 0].astype(a.dtype)
         return nngp, ntk, bool(cp.isfinite(nngp).all()) and bool(cp.isfinite(ntk).all())
+
+
+# ---------------------------------------------------------------------------------------
+# Spatial (CNN) kernels
+#
+# One CUDA block walks one pair (csrc/cuda/spatial_gram_cuda.hpp): a point pass (each
+# image with itself: the records the pairs read, and for x2=None the exact diagonal), then
+# bands of rows, one launch per band, the blocks striding over the band's pairs. A block's
+# state lives in a workspace of its own, sized for the blocks the device runs at once, never
+# for all pairs: O(blocks * R * S^2) doubles in the full regime. The input covariance is
+# computed by the blocks themselves (see spatial_gram_cuda.cu for why not by cuBLAS).
+
+
+def _spatial_threads(prog_entries: int) -> int:
+    """Threads of a block: 256 (eight warps share a pair's entries), fewer for small states
+    (a diagonal-regime register of a few positions), so that threads do not idle."""
+    threads = 32
+    while threads < 256 and threads < prog_entries:
+        threads *= 2
+    return threads
+
+
+class _SpatialCtx:
+    """What one spatial Gram call shares: the program on the device, its launch plan."""
+
+    def __init__(self, sprog, cp, device: int, ntk: bool, float32: bool, n_pairs: int, workspace=None):
+        mod = native()
+        self.mod, self.cp, self.device, self.sprog = mod, cp, device, sprog
+        self.stream = int(cp.cuda.get_current_stream().ptr)
+        raw = sprog.ops_bytes
+        n_ops = int(sprog.n_ops)
+        if len(raw) != n_ops * int(mod.SPATIAL_OP_BYTES):
+            raise RuntimeError(
+                f"fastntk: the spatial program's ops are {len(raw)} bytes, expected {n_ops} x "
+                f"{mod.SPATIAL_OP_BYTES}: fastntk._core and fastntk._cuda come from different builds; reinstall fastntk"
+            )
+        self.ops = cp.asarray(np.frombuffer(raw, dtype=np.uint8)) if raw else None
+        coef = np.asarray(sprog.coefficients, dtype=np.float64)
+        self.coef = cp.asarray(coef) if coef.size else None
+        self.prog = (
+            _Ctx.ptr(self.ops), n_ops, int(sprog.n_registers), int(sprog.n_activations), bool(sprog.full),
+            list(sprog.in_dims), list(sprog.out_dims), int(sprog.max_entries), int(sprog.point_stride),
+            _Ctx.ptr(self.coef),
+        )  # fmt: skip
+        self.channels = int(sprog.channels)
+        self.record_stride = max(int(sprog.point_stride), 1)
+        self.float32 = float32
+        self.launch = self._plan(ntk, max(n_pairs, 1), workspace)
+
+    def _plan(self, ntk: bool, n_pairs: int, workspace):
+        """(n_blocks, threads, shared, workspace pointer): as many blocks as the device runs
+        at once (and the pairs need), each with a workspace; in shared memory where it fits
+        (workspace='shared' or 'global' forces one, for the tests)."""
+        mod, cp = self.mod, self.cp
+        doubles = int(mod.spatial_workspace_doubles(self.prog, ntk))
+        bytes_per_block = doubles * 8
+        threads = _spatial_threads(int(self.sprog.max_entries))
+        shared = (
+            bytes_per_block <= int(mod.SPATIAL_MAX_SHARED_BYTES)
+            if workspace is None
+            else workspace == "shared"
+        )
+        resident = int(
+            mod.spatial_resident_blocks(ntk, threads, bytes_per_block if shared else 0, self.device)
+        )
+        blocks = max(1, min(resident, n_pairs))
+        if shared:
+            self.workspace = None
+            return (blocks, threads, True, 0)
+        budget = free_device_bytes(cp) // 2
+        if bytes_per_block > budget:
+            raise MemoryError(
+                f"fastntk: one pair's workspace of the CNN kernel needs {bytes_per_block} bytes "
+                f"({_human(bytes_per_block)}) of GPU memory, more than half of the {2 * budget} bytes free"
+            )
+        blocks = max(1, min(blocks, budget // bytes_per_block))
+        self.workspace = empty_device(cp, (blocks * doubles,), np.float64, "CNN kernel's workspace")
+        return (blocks, threads, False, int(self.workspace.data.ptr))
+
+    def points(self, x, name: str, host_row, outs=None, ld_point: int = 0, ntk: bool = False):
+        """The records of the images x (n, S_in * C) float64, (n, record_stride); with outs
+        ({name: pointer}), each image's own kernel written at outs + p * ld_point. A diverging
+        Gaussian raises the CPU driver's ValueError, naming the image of ``name``."""
+        cp, mod = self.cp, self.mod
+        n = x.shape[0]
+        records = cp.empty((max(n, 1), self.record_stride), dtype=cp.float64)
+        stopped = cp.zeros(max(n, 1), dtype=cp.int32)
+        flag = cp.zeros(1, dtype=cp.int32)
+        outs = outs or {}
+        # A walk without Theta lays the blocks' slices out at half the stride, inside the
+        # same allocation: one launch plan serves both.
+        launch = self.launch
+        mod.spatial_points(self.prog, self.channels, x.data.ptr, n, records.data.ptr, self.record_stride,
+                           self.float32, outs.get("nngp", 0), outs.get("ntk", 0) if ntk else 0, ld_point,
+                           stopped.data.ptr, flag.data.ptr, launch, self.stream, self.device)  # fmt: skip
+        if n and bool((stopped[:n] != 0).any()):
+            i = int(cp.argmax(stopped[:n] != 0))
+            _replay_spatial_point_error(self.sprog, host_row(i), i, name)
+        return records, int(flag.get()[0]) == 0
+
+
+def _replay_spatial_point_error(sprog, row, i: int, name: str):
+    """Raise the CPU driver's error for an image whose walk diverges (a Gaussian with
+    4 b q >= 1), naming the image of the caller's input."""
+    from . import _core  # noqa: PLC0415
+
+    x = np.ascontiguousarray(row, dtype=np.float64).reshape(1, -1)
+    try:
+        _core.spatial_gram(sprog, x, None, np.empty((1, 1, int(sprog.out_size))), None, n_threads=1)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("image 0 of x1", f"image {i} of {name}")) from None
+    raise ValueError(f"image {i} of {name}: the CNN kernel is undefined for this image")  # pragma: no cover
+
+
+def spatial_gram(sprog, a1, a2, names, *, dtype=np.float64, to_host=False, report=None, workspace=None):
+    """The spatial (CNN) Gram of ``sprog`` on the GPU, as :func:`fastntk._engine.spatial_gram`.
+
+    Parameters
+    ----------
+    sprog : fastntk._core.SpatialProgram
+    a1 : cupy.ndarray, (N1, S_in * C) (or (N1, *in_dims, C)), float32 or float64
+        Checked images on one device (see :func:`fastntk._engine.kernel_inputs`); the walk
+        reads them as float64.
+    a2 : cupy.ndarray or None
+        The second set on a1's device; None for a1's own Gram (upper triangle, mirrored; the
+        diagonal from each image's own walk, exact).
+    names : sequence of {'nngp', 'ntk'}
+    dtype : float64 or float32
+        Storage of the outputs (the walk is float64 either way).
+    to_host : bool
+        NumPy outputs, streamed band by band (NumPy inputs with device='cuda'); else CuPy
+        outputs on a1's device.
+    report : callable, optional
+        report(bands done, bands in all) after each band.
+    workspace : {None, 'shared', 'global'}
+        Where the blocks' workspaces live; None: shared memory where one fits (for tests).
+
+    Returns
+    -------
+    (dict, list)
+        {name: array (N1, N2, out_size) of dtype}, and the names whose output holds a NaN or
+        an Inf (empty when all are finite).
+    """
+    cp = cupy()
+    device = _device_id(a1)
+    with cp.cuda.Device(device):
+        dtype = np.dtype(dtype)
+        float32 = dtype == np.dtype(np.float32)
+        symmetric = a2 is None
+        row = int(np.prod(sprog.in_dims)) * int(sprog.channels)
+        x1 = _spatial_rows(cp, a1, "x1", row)
+        x2 = x1 if symmetric else _spatial_rows(cp, a2, "x2", row)
+        n1, n2 = x1.shape[0], x2.shape[0]
+        m = int(sprog.out_size)
+        shape = (n1, n2, m)
+        if to_host:
+            outs = dict(zip(names, empty_host(shape, dtype, len(names))))
+        else:
+            outs = {n: empty_device(cp, shape, dtype, f"{n} kernel") for n in names}
+        if n1 == 0 or n2 == 0:
+            return outs, []
+        ntk = "ntk" in names
+        n_pairs = n1 * (n1 - 1) // 2 if symmetric else n1 * n2
+        ctx = _SpatialCtx(sprog, cp, device, ntk, float32, max(n_pairs, n1, n2), workspace)
+
+        def host_row(x):
+            return lambda i: x[i].get()
+
+        item = dtype.itemsize
+        finite = True
+        diag = None
+        if symmetric:
+            if to_host:
+                diag = {n: empty_device(cp, (n1, m), dtype, f"{n} diagonal") for n in names}
+                ptrs, ld_point = {n: int(diag[n].data.ptr) for n in names}, m
+            else:
+                ptrs, ld_point = {n: int(outs[n].data.ptr) for n in names}, (n1 + 1) * m
+            rec1, finite = ctx.points(x1, "x1", host_row(x1), ptrs, ld_point, ntk=ntk)
+            rec2 = rec1
+        else:
+            rec1, _ = ctx.points(x1, "x1", host_row(x1))
+            rec2, _ = ctx.points(x2, "x2", host_row(x2))
+
+        rows_per_band = _spatial_band_rows(cp, ctx, n1, n2, m * item * len(names) if to_host else 0)
+        bands = (
+            {n: empty_device(cp, (rows_per_band * n2 * m,), dtype, f"{n} band") for n in names}
+            if to_host
+            else None
+        )
+        flag = cp.zeros(1, dtype=cp.int32)
+        starts = range(0, n1 - 1 if symmetric else n1, rows_per_band)
+        stream = cp.cuda.get_current_stream()
+        for done, i0 in enumerate(starts, 1):
+            rows = min(rows_per_band, n1 - i0)
+            j0 = i0 if symmetric else 0
+            cols = n2 - j0
+            if to_host:
+                ptrs = {n: int(bands[n].data.ptr) for n in names}
+                out_i0, out_j0, ld_row, mirror = i0, j0, cols * m, False
+            else:
+                ptrs = {n: int(outs[n].data.ptr) for n in names}
+                out_i0, out_j0, ld_row, mirror = 0, 0, n2 * m, symmetric
+            ctx.mod.spatial_pairs(ctx.prog, ctx.channels, x1.data.ptr, x2.data.ptr, rec1.data.ptr, rec2.data.ptr,
+                                  ctx.record_stride, n1, n2, i0, rows, j0, cols, symmetric, float32,
+                                  ptrs.get("nngp", 0), ptrs.get("ntk", 0), m, out_i0, out_j0, ld_row, mirror,
+                                  flag.data.ptr, ctx.launch, ctx.stream, device)  # fmt: skip
+            if to_host:
+                for n in names:
+                    outs[n][i0 : i0 + rows, j0:] = bands[n][: rows * cols * m].reshape(rows, cols, m).get()
+            else:
+                stream.synchronize()  # a band at a time: Ctrl-C and progress between bands
+            if report is not None:
+                report(done, len(starts))
+        if symmetric and to_host:
+            so = int(np.prod(sprog.out_dims)) if sprog.full and m > 1 else 0
+            idx = np.arange(n1)
+            for n in names:
+                _mirror_host_spatial(outs[n], so)
+                outs[n][idx, idx] = diag[n].get()
+        finite = finite and int(flag.get()[0]) == 0
+        bad = []
+        if not finite:
+            xp = np if to_host else cp
+            bad = [n for n in names if not bool(xp.isfinite(outs[n]).all())]
+        return outs, bad
+
+
+def _spatial_rows(cp, a, name: str, row: int):
+    """a as C-contiguous float64 (N, S_in * C) on its device: one flattened NHWC image per row."""
+    a = a.reshape(a.shape[0], int(np.prod(a.shape[1:]))) if a.ndim != 2 else a  # -1 fails for N = 0
+    if a.shape[1] != row:
+        raise ValueError(
+            f"{name} must have {row} values per image (positions x channels), got shape {a.shape}"
+        )
+    return cp.ascontiguousarray(a, dtype=cp.float64)
+
+
+def _spatial_band_rows(cp, ctx: _SpatialCtx, n1: int, n2: int, host_bytes_per_pair: int) -> int:
+    """Rows per band: enough pairs to keep every block busy for several pairs (8 each in the
+    full regime, where a pair is a millisecond or more; 64 in the diagonal regime) between
+    the synchronizations, and for host outputs band buffers in half of the free memory."""
+    blocks = ctx.launch[0]
+    target = blocks * (8 if ctx.sprog.full else 64)
+    rows = -(-target // max(n2, 1))
+    if host_bytes_per_pair:
+        per_row = host_bytes_per_pair * n2
+        budget = free_device_bytes(cp) // 2
+        if per_row > budget:
+            raise MemoryError(
+                f"fastntk: one row of the CNN kernels needs {per_row} bytes ({_human(per_row)}) of GPU memory, "
+                f"more than half of the {2 * budget} bytes free"
+            )
+        rows = min(rows, budget // per_row)
+    return int(max(1, min(rows, n1)))
+
+
+def _mirror_host_spatial(out: np.ndarray, so: int) -> None:
+    """The lower triangle of a symmetric Gram (n, n, m) from its upper one, in place:
+    out[i, j] = out[j, i] for j < i, transposed as an so x so matrix when so > 0 (a
+    full-regime output: K(x_i, x_j)[a, b] = K(x_j, x_i)[b, a])."""
+    n = out.shape[0]
+    v = out.reshape(n, n, so, so) if so else out
+    for i in range(1, n):
+        upper = v[:i, i]
+        v[i, :i] = upper.swapaxes(-1, -2) if so else upper

@@ -543,7 +543,7 @@ def pencil_pivots(d: np.ndarray, e: np.ndarray, tm1: np.ndarray, derivatives: bo
 
 
 def spatial_gram(
-    sprog, a1, a2, names, *, out_size=None, out_shape_tail=None, dtype=np.float64, progress=None
+    sprog, a1, a2, names, *, out_size=None, out_shape_tail=None, dtype=np.float64, progress=None, device=None
 ) -> dict:
     """The native spatial (CNN) Gram of a ``_core.SpatialProgram`` on checked inputs.
 
@@ -567,11 +567,14 @@ def spatial_gram(
         Storage of the outputs (the walk is float64 either way).
     progress : None, True or False
         A progress bar of the native work (see :mod:`fastntk._progress`).
+    device : {None, 'cpu', 'cuda'}
+        Where NumPy inputs are computed (None: the default device). CuPy inputs run on their
+        GPU (CuPy outputs); NumPy inputs with 'cuda' on the current GPU (NumPy outputs).
 
     Returns
     -------
     dict
-        {name: ndarray (N1, N2, out_size) of ``dtype``}.
+        {name: ndarray (N1, N2, out_size) of ``dtype``} (CuPy arrays for CuPy inputs).
 
     Raises
     ------
@@ -591,6 +594,8 @@ def spatial_gram(
     for name in names:
         if name not in ("nngp", "ntk"):
             raise ValueError(f"names must be 'nngp' and/or 'ntk', got {name!r}")
+    if _spatial_on_gpu(a1, a2, device):
+        return _spatial_gram_gpu(sprog, a1, a2, names, device, dtype, progress)
     a1 = _spatial_rows(a1)
     a2 = None if a2 is None else _spatial_rows(a2)
     n1 = a1.shape[0]
@@ -610,13 +615,41 @@ def spatial_gram(
         if shown and bar.total is not None:
             bar.update(bar.total - bar.n)
     if not finite:
-        bad = [name for name, out in outs.items() if not all_finite(out)]
-        raise FloatingPointError(
-            f"fastntk: the CNN {' and '.join(n.upper() for n in bad) or 'kernel'} is not finite (NaN or Inf): "
-            "the recursion overflowed"
-            + (" float32" if dtype == np.float32 else "")
-            + ". Use a smaller W_std or b_std, fewer layers, or scale the inputs down"
-        )
+        raise _spatial_not_finite([name for name, out in outs.items() if not all_finite(out)], dtype)
+    return outs
+
+
+def _spatial_not_finite(bad, dtype) -> FloatingPointError:
+    return FloatingPointError(
+        f"fastntk: the CNN {' and '.join(n.upper() for n in bad) or 'kernel'} is not finite (NaN or Inf): "
+        "the recursion overflowed"
+        + (" float32" if dtype == np.float32 else "")
+        + ". Use a smaller W_std or b_std, fewer layers, or scale the inputs down"
+    )
+
+
+def _spatial_on_gpu(a1, a2, device) -> bool:
+    """Whether a spatial Gram runs on the GPU: CuPy inputs, or device (else the default) 'cuda'."""
+    if _gpu.is_device_array(a1) or (a2 is not None and _gpu.is_device_array(a2)):
+        return True
+    return (_default_device if device is None else _check_device(device)) == "cuda"
+
+
+def _spatial_gram_gpu(sprog, a1, a2, names, device, dtype, progress) -> dict:
+    """spatial_gram on the CUDA driver (:func:`fastntk._cuda_backend.spatial_gram`): inputs
+    checked and placed by :func:`kernel_inputs` (its errors: mixed NumPy and CuPy, CuPy with
+    device='cpu', no CUDA build or device), images flattened to rows first."""
+
+    def rows(a):
+        a = a if _gpu.is_device_array(a) else np.asarray(a)
+        return a.reshape(a.shape[0], int(np.prod(a.shape[1:]))) if a.ndim > 2 else a  # -1 fails for N = 0
+
+    g1, g2, to_host = kernel_inputs(rows(a1), None if a2 is None else rows(a2), device)
+    with progress_bar(None, "CNN kernel", progress=progress, unit="band") as bar:
+        report = _tiles_to(bar) if bar is not None and bar_shown(bar) else None
+        outs, bad = _gpu.spatial_gram(sprog, g1, g2, names, dtype=dtype, to_host=to_host, report=report)
+    if bad:
+        raise _spatial_not_finite(bad, dtype)
     return outs
 
 

@@ -207,6 +207,7 @@ class SpatialProgram {
   std::int64_t max_entries() const { return max_entries_; }
   std::int64_t point_stride() const { return point_stride_; }
   const std::vector<SpatialOp>& ops() const { return ops_; }
+  const std::vector<double>& coef() const { return coef_; }  // the coefficient pool (view().coef)
 
   SpatialProgramView view() const {
     SpatialProgramView v{};
