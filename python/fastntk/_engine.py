@@ -628,6 +628,12 @@ def _spatial_not_finite(bad, dtype) -> FloatingPointError:
     )
 
 
+def require_cuda(what: str) -> None:
+    """Raise before any work unless the CUDA backend can run (TypeError: a build without
+    CUDA; RuntimeError: no usable device); ``what`` names what asked for it."""
+    _gpu.require(what)
+
+
 def _spatial_on_gpu(a1, a2, device) -> bool:
     """Whether a spatial Gram runs on the GPU: CuPy inputs, or device (else the default) 'cuda'."""
     if _gpu.is_device_array(a1) or (a2 is not None and _gpu.is_device_array(a2)):

@@ -192,10 +192,11 @@ class Network:
             this (so that the arrays compare one to one).
 
         Returns (N1, N2) for a network ending in Flatten, GlobalAvgPool, GlobalSumPool or on
-        vectors. Computed on the CPU, float64; the full covariance of a pair lives only in a
-        per-thread workspace (memory O(threads * S**2), S the number of positions), never for
-        all pairs at once. Not supported yet for images: ``every_layer``, ``out``,
-        ``memory_limit``, device='cuda' and CuPy inputs (NotImplementedError).
+        vectors. Computed on the CPU in float64 (or, for CuPy inputs or device='cuda', by the
+        CUDA driver: CuPy in, CuPy out; float32 inputs there give float32 outputs); the full
+        covariance of a pair lives only in a workspace while its layers run, never for all
+        pairs at once. Not supported yet for images: ``every_layer``, ``out``,
+        ``memory_limit`` (NotImplementedError).
         Errors before any work, each naming the layer: images of the wrong rank, a filter or
         pooling window that does not fit a 'VALID' input, spatial layers after Flatten,
         branches of different shapes or counts, and architectures without a closed-form
@@ -276,11 +277,7 @@ class Network:
         if device is not None and (not isinstance(device, str) or device.lower() not in ("cpu", "cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         on_gpu = any(hasattr(x, "__cuda_array_interface__") for x in (x1, x2))
-        if on_gpu or (device.lower() if device is not None else _engine.get_default_device()) != "cpu":
-            raise NotImplementedError(
-                "kernels of networks on images or with branches run on the CPU for now: pass NumPy arrays "
-                "with device='cpu'"
-            )
+        use_gpu = on_gpu or (device.lower() if device is not None else _engine.get_default_device()) == "cuda"
         if diagonal_spatial is not None and not isinstance(diagonal_spatial, bool):
             raise TypeError(f"diagonal_spatial must be True, False or None, got {diagonal_spatial!r}")
         shape1 = np.shape(x1)
@@ -295,14 +292,24 @@ class Network:
             raise ValueError(
                 "diagonal_spatial is for networks whose output is an image; this one ends in a vector"
             )
-        a1, a2 = _engine.inputs(_rows(x1), None if same else _rows(x2))
+        if use_gpu:
+            _engine.require_cuda("x1 is a CuPy array" if on_gpu else "device='cuda' was requested")
+        else:
+            a1, a2 = _engine.inputs(_rows(x1), None if same else _rows(x2))
         fc = _engine.build_program(_spatial_program.activation_layers(plan), 1)
         fc_ops = [_engine.last_ops(fc)[2 * i + 1] for i in range(len(plan.activations))]
         sprog = _spatial_program.build(plan, _engine.new_spatial_program, (fc, fc_ops))
-        gram = getattr(_engine, "spatial_gram", None)
-        if gram is None:
-            raise NotImplementedError("this build of fastntk has no spatial (CNN) kernels yet")
-        raw = gram(sprog, a1, a2, names, out_shape_tail=(plan.out_size,), progress=progress)
+        if use_gpu:
+            # The CUDA driver (checks and places the inputs itself: mixed NumPy/CuPy, CuPy with
+            # device='cpu', no CUDA build or device are errors there). float32 inputs give
+            # float32 outputs, as the fully connected GPU kernels do; the walk is float64.
+            single = all(getattr(x, "dtype", None) == np.float32 for x in (x1, x2) if x is not None)
+            raw = _engine.spatial_gram(
+                sprog, x1, None if same else x2, names, out_shape_tail=(plan.out_size,), progress=progress,
+                device=device, dtype=np.float32 if single else np.float64,
+            )  # fmt: skip
+            return {name: plan.to_nt(raw[name]) for name in names}
+        raw = _engine.spatial_gram(sprog, a1, a2, names, out_shape_tail=(plan.out_size,), progress=progress)
         outs = {}
         for name in names:
             k = raw[name]
