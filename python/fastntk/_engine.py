@@ -663,5 +663,5 @@ def _spatial_rows(a) -> np.ndarray:
     """a as C-contiguous float64 (N, S_in * C): one flattened NHWC image per row."""
     a = np.asarray(a)
     if a.ndim > 2:
-        a = a.reshape(a.shape[0], -1)
+        a = a.reshape(a.shape[0], int(np.prod(a.shape[1:])))  # -1 fails for N = 0
     return np.ascontiguousarray(a, dtype=np.float64)
