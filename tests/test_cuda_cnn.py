@@ -27,6 +27,7 @@ if not nt.has_cuda():
     )
 
 from conftest import assert_kernel_close  # noqa: E402
+from reference_cnn import out_size_and_pad  # noqa: E402
 
 # float64 GPU vs CPU: the same walk (spatial_walk_impl.hpp) with the same terms in the same
 # order per entry; what differs is the input covariance (C fused multiply-adds per entry on
@@ -70,15 +71,7 @@ class Net:
     def conv(self, reg, window, strides=None, padding="SAME", w_var=1.7, b_var=0.1, dst=None):
         dims = self.dims[reg]
         strides = strides or (1,) * len(dims)
-        out, pads = [], []
-        for n, k, s in zip(dims, window, strides):
-            if padding == "VALID":
-                m, p = (n - k) // s + 1, 0
-            else:
-                m = -(-n // s)
-                p = max((m - 1) * s + k - n, 0) // 2
-            out.append(m)
-            pads.append(p)
+        out, pads = map(list, zip(*(out_size_and_pad(n, k, s, padding) for n, k, s in zip(dims, window, strides))))
         dst = reg if dst is None else dst
         self.p.add_linear(reg, dst, "conv", list(dims), out, list(window), list(strides), pads,
                           padding == "CIRCULAR", False, 1.0 / math.prod(window), w_var, b_var, w_var, w_var,
@@ -88,8 +81,7 @@ class Net:
 
     def pool(self, reg, window, normalize_edges=False):
         dims = self.dims[reg]
-        out = [-(-n // k) for n, k in zip(dims, window)]
-        pads = [max((m - 1) * k + k - n, 0) // 2 for n, k, m in zip(dims, window, out)]
+        out, pads = map(list, zip(*(out_size_and_pad(n, k, k, "SAME") for n, k in zip(dims, window))))
         self.p.add_linear(reg, reg, "pool", list(dims), out, list(window), list(window), pads, False,
                           normalize_edges, 1.0 / math.prod(window), 1.0, 0.0, 0.0, 1.0, 0.0)  # fmt: skip
         self.dims[reg] = tuple(out)
