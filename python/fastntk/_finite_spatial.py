@@ -67,26 +67,17 @@ from .layers import (
     Identity,
     LayerNorm,
     Parallel,
-    SpatialLayer,
     SumPool,
+    has_spatial_layer,
 )
 
 # ---------------------------------------------------------------------------------------
 # Which networks come here.
 
 
-def walk(layers):
-    """Every layer of a layer sequence, the branches of Parallel layers included."""
-    for layer in layers:
-        yield layer
-        if isinstance(layer, Parallel):
-            for branch in layer.branches:
-                yield from walk(branch)
-
-
 def is_spatial(net) -> bool:
     """True when net holds a layer only this module handles (images or branches)."""
-    return any(isinstance(layer, SpatialLayer) for layer in walk(net.layers))
+    return has_spatial_layer(net.layers)
 
 
 def _where(path: tuple, layer) -> str:

@@ -671,3 +671,18 @@ class Parallel(SpatialLayer):
             return repr(branch[0]) if len(branch) == 1 else "serial(" + ", ".join(map(repr, branch)) + ")"
 
         return "parallel(" + ", ".join(one(b) for b in self.branches) + ")"
+
+
+def walk(layers):
+    """Every layer of a layer sequence, the branches of Parallel layers included (depth first)."""
+    for layer in layers:
+        yield layer
+        if isinstance(layer, Parallel):
+            for branch in layer.branches:
+                yield from walk(branch)
+
+
+def has_spatial_layer(layers) -> bool:
+    """True when a layer sequence (branches included) holds a layer that needs the spatial
+    modules (images or branches): a :class:`SpatialLayer`."""
+    return any(isinstance(layer, SpatialLayer) for layer in walk(layers))

@@ -11,7 +11,7 @@ import numpy as np
 from . import _engine, _spatial_program, empirical
 from ._args import kernel_tuple, parse_get
 from ._progress import check_progress
-from .layers import Dense, Layer, Parallel, SpatialLayer
+from .layers import Dense, Layer, Parallel, has_spatial_layer
 
 __all__ = ["serial", "parallel", "Network"]
 
@@ -28,15 +28,6 @@ def _rows(x) -> np.ndarray:
     return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
-def _walk(layers):
-    """Every layer of a layer sequence, branches of Parallel layers included (depth first)."""
-    for layer in layers:
-        yield layer
-        if isinstance(layer, Parallel):
-            for branch in layer.branches:
-                yield from _walk(branch)
-
-
 class Network:
     """A sequence of layers; build it with :func:`serial`."""
 
@@ -45,7 +36,7 @@ class Network:
         # A network with convolutions, pooling or branches is checked when its input shape is
         # known (fastntk._spatial_program): a branch such as serial(Relu(), Conv(...)) is fine
         # on its own, only the whole graph tells whether its activation gets a Gaussian input.
-        self.is_spatial = any(isinstance(layer, SpatialLayer) for layer in _walk(self.layers))
+        self.is_spatial = has_spatial_layer(self.layers)
         self._plans = {}  # (input shape without N, diagonal_spatial) -> SpatialPlan
         if not self.is_spatial:
             self._check_order()
