@@ -408,15 +408,16 @@ def serial(*layers) -> Network:
     branches are checked against their input shape when their kernel is computed
     (a branch may start with an activation: its input comes from the graph).
     """
-    flat = []
-    for k, layer in enumerate(layers):
-        if isinstance(layer, Network):
-            flat.extend(layer.layers)
-        elif isinstance(layer, Layer):
-            flat.append(layer)
-        else:
-            raise TypeError(f"serial: argument {k} is not a fastntk layer or network: {layer!r}")
-    return Network(flat)
+    return Network([one for k, layer in enumerate(layers) for one in _layers_of(layer, "serial", k)])
+
+
+def _layers_of(item, who: str, k: int) -> tuple:
+    """The layers of argument ``k`` of ``who``: a network's, or a layer alone."""
+    if isinstance(item, Network):
+        return item.layers
+    if isinstance(item, Layer):
+        return (item,)
+    raise TypeError(f"{who}: argument {k} is not a fastntk layer or network: {item!r}")
 
 
 def parallel(*layers) -> Parallel:
@@ -439,15 +440,7 @@ def parallel(*layers) -> Parallel:
     branches = []
     for k, layer in enumerate(layers):
         items = layer if isinstance(layer, list) else [layer]
-        branch = []
-        for item in items:
-            if isinstance(item, Network):
-                branch.extend(item.layers)
-            elif isinstance(item, Layer):
-                branch.append(item)
-            else:
-                raise TypeError(f"parallel: argument {k} is not a fastntk layer or network: {item!r}")
-        branches.append(tuple(branch))
+        branches.append(tuple(one for item in items for one in _layers_of(item, "parallel", k)))
     if not branches:
         raise ValueError("parallel: needs at least one branch (one layer or network per branch)")
     return Parallel(branches)
