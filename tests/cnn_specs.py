@@ -25,27 +25,18 @@ def dense(out_dim=None, W_std=1.1, b_std=0.3, parameterization="ntk"):
     return ("dense", dict(out_dim=out_dim, W_std=W_std, b_std=b_std, parameterization=parameterization))
 
 
-def avg_pool(window_shape, strides=None, padding="VALID", normalize_edges=False):
-    return (
-        "avg_pool",
-        dict(
-            window_shape=tuple(window_shape),
-            strides=None if strides is None else tuple(strides),
-            padding=padding,
-            normalize_edges=normalize_edges,
-        ),
+def _window(window_shape, strides, padding):
+    return dict(
+        window_shape=tuple(window_shape), strides=None if strides is None else tuple(strides), padding=padding
     )
+
+
+def avg_pool(window_shape, strides=None, padding="VALID", normalize_edges=False):
+    return ("avg_pool", dict(_window(window_shape, strides, padding), normalize_edges=normalize_edges))
 
 
 def sum_pool(window_shape, strides=None, padding="VALID"):
-    return (
-        "sum_pool",
-        dict(
-            window_shape=tuple(window_shape),
-            strides=None if strides is None else tuple(strides),
-            padding=padding,
-        ),
-    )
+    return ("sum_pool", _window(window_shape, strides, padding))
 
 
 def layer_norm(axis=-1, eps=1e-12):

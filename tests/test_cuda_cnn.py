@@ -28,6 +28,7 @@ if not nt.has_cuda():
 
 from conftest import assert_kernel_close  # noqa: E402
 from reference_cnn import out_size_and_pad  # noqa: E402
+from test_spatial_engine import _fc_program  # noqa: E402
 
 # float64 GPU vs CPU: the same walk (spatial_walk_impl.hpp) with the same terms in the same
 # order per entry; what differs is the input covariance (C fused multiply-adds per entry on
@@ -46,12 +47,9 @@ def _scale(k):
 
 
 def _fc():
-    """ReLU at op 1, Erf(0.7, 1.3, 0.2) at op 3, Gaussian(1, 0.4) at op 5 (each after a Dense)."""
-    fc = _core.Program()
-    fc.add_dense(1.0, None, False, 1.0)
-    fc.add_abrelu(0.0, 1.0)
-    fc.add_dense(1.0, None, False, 1.0)
-    fc.add_erf(0.7, 1.3, 0.2)
+    """The engine tests' ReLU at op 1, Erf(0.7, 1.3, 0.2) at op 3, and Gaussian(1, 0.4) at
+    op 5 (each after a Dense)."""
+    fc = _fc_program()
     fc.add_dense(1.0, None, False, 1.0)
     fc.add_gaussian(1.0, 0.4)
     return fc
