@@ -18,15 +18,10 @@ import fastntk as nt
 from fastntk import _core, _engine
 from fastntk import _cuda_backend as gpu
 
-cp = pytest.importorskip("cupy", reason="the CUDA CNN tests need CuPy")
-if not nt.has_cuda():
-    pytest.skip(
-        f"no CUDA backend or device: build_info()['cuda_build']={nt.build_info()['cuda_build']}, "
-        f"{nt.build_info().get('cuda_note', '')}",
-        allow_module_level=True,
-    )
+from conftest import assert_kernel_close, cupy_or_skip
 
-from conftest import assert_kernel_close  # noqa: E402
+cp = cupy_or_skip("the CUDA CNN tests")
+
 from reference_cnn import out_size_and_pad  # noqa: E402
 from test_spatial_engine import _fc_program  # noqa: E402
 
