@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import fastntk as nt
+
 import reference_cnn as ref
 
 # ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 import fastntk as nt
 from fastntk import _engine, _spatial_program
 from fastntk._spatial_program import build, compile_network
+
 from reference_cnn import out_size_and_pad
 
 

@@ -13,17 +13,15 @@ import math
 
 import numpy as np
 import pytest
+from test_spatial_engine import _fc_program
 
-import fastntk as nt
 from fastntk import _core, _engine
 from fastntk import _cuda_backend as gpu
 
 from conftest import assert_kernel_close, cupy_or_skip
+from reference_cnn import out_size_and_pad
 
 cp = cupy_or_skip("the CUDA CNN tests")
-
-from reference_cnn import out_size_and_pad  # noqa: E402
-from test_spatial_engine import _fc_program  # noqa: E402
 
 # float64 GPU vs CPU: the same walk (spatial_walk_impl.hpp) with the same terms in the same
 # order per entry; what differs is the input covariance (C fused multiply-adds per entry on
@@ -64,7 +62,9 @@ class Net:
     def conv(self, reg, window, strides=None, padding="SAME", w_var=1.7, b_var=0.1, dst=None):
         dims = self.dims[reg]
         strides = strides or (1,) * len(dims)
-        out, pads = map(list, zip(*(out_size_and_pad(n, k, s, padding) for n, k, s in zip(dims, window, strides))))
+        out, pads = map(
+            list, zip(*(out_size_and_pad(n, k, s, padding) for n, k, s in zip(dims, window, strides)))
+        )
         dst = reg if dst is None else dst
         self.p.add_linear(reg, dst, "conv", list(dims), out, list(window), list(strides), pads,
                           padding == "CIRCULAR", False, 1.0 / math.prod(window), w_var, b_var, w_var, w_var,

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from fastntk import _core, _engine
+
 from reference_cnn import out_size_and_pad
 
 RTOL, ATOL = 1e-11, 1e-12
