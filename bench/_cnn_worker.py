@@ -35,32 +35,30 @@ def _status_bytes(field: str) -> int | None:
     return None
 
 
-def fastntk_network(spec):
-    import fastntk as fnt
-
+def _layers(api, spec):
+    """The benchmark's CNN from ``api``: the module fastntk or neural_tangents.stax (the same
+    layer names and arguments)."""
     layers = []
     for _ in range(spec["depth"]):
         layers += [
-            fnt.Conv(spec["channels"], (3, 3), padding="SAME", W_std=spec["W_std"], b_std=spec["b_std"]),
-            fnt.Relu(),
+            api.Conv(spec["channels"], (3, 3), padding="SAME", W_std=spec["W_std"], b_std=spec["b_std"]),
+            api.Relu(),
         ]
-    layers += [fnt.Flatten() if spec["readout"] == "flatten" else fnt.GlobalAvgPool()]
-    layers += [fnt.Dense(1, W_std=spec["readout_W_std"], b_std=spec["readout_b_std"])]
-    return fnt.serial(*layers)
+    layers += [api.Flatten() if spec["readout"] == "flatten" else api.GlobalAvgPool()]
+    layers += [api.Dense(1, W_std=spec["readout_W_std"], b_std=spec["readout_b_std"])]
+    return layers
+
+
+def fastntk_network(spec):
+    import fastntk as fnt
+
+    return fnt.serial(*_layers(fnt, spec))
 
 
 def nt_kernel_fn(spec):
     from neural_tangents import stax
 
-    layers = []
-    for _ in range(spec["depth"]):
-        layers += [
-            stax.Conv(spec["channels"], (3, 3), padding="SAME", W_std=spec["W_std"], b_std=spec["b_std"]),
-            stax.Relu(),
-        ]
-    layers += [stax.Flatten() if spec["readout"] == "flatten" else stax.GlobalAvgPool()]
-    layers += [stax.Dense(1, W_std=spec["readout_W_std"], b_std=spec["readout_b_std"])]
-    return stax.serial(*layers)[2]
+    return stax.serial(*_layers(stax, spec))[2]
 
 
 def run_fastntk(spec, x):

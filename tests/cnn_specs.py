@@ -3,6 +3,8 @@ turned into fastntk layers here (fastntk is imported only when a network is buil
 
 from __future__ import annotations
 
+from reference_cnn import layer_from_spec
+
 
 def conv(out_chan, filter_shape, strides=None, padding="SAME", W_std=1.3, b_std=0.2, parameterization="ntk"):
     return (
@@ -23,27 +25,18 @@ def dense(out_dim=None, W_std=1.1, b_std=0.3, parameterization="ntk"):
     return ("dense", dict(out_dim=out_dim, W_std=W_std, b_std=b_std, parameterization=parameterization))
 
 
-def avg_pool(window_shape, strides=None, padding="VALID", normalize_edges=False):
-    return (
-        "avg_pool",
-        dict(
-            window_shape=tuple(window_shape),
-            strides=None if strides is None else tuple(strides),
-            padding=padding,
-            normalize_edges=normalize_edges,
-        ),
+def _window(window_shape, strides, padding):
+    return dict(
+        window_shape=tuple(window_shape), strides=None if strides is None else tuple(strides), padding=padding
     )
+
+
+def avg_pool(window_shape, strides=None, padding="VALID", normalize_edges=False):
+    return ("avg_pool", dict(_window(window_shape, strides, padding), normalize_edges=normalize_edges))
 
 
 def sum_pool(window_shape, strides=None, padding="VALID"):
-    return (
-        "sum_pool",
-        dict(
-            window_shape=tuple(window_shape),
-            strides=None if strides is None else tuple(strides),
-            padding=padding,
-        ),
-    )
+    return ("sum_pool", _window(window_shape, strides, padding))
 
 
 def layer_norm(axis=-1, eps=1e-12):
@@ -247,48 +240,14 @@ def to_fastntk_layers(spec):
     """The fastntk layers of a reference spec (a list; nested specs become serial networks)."""
     import fastntk as nt
 
-    acts = {
-        "abrelu": lambda p: nt.ABRelu(p["a"], p["b"]),
-        "erf": lambda p: nt.Erf(p["a"], p["b"], p["c"]),
-        "sign": lambda p: nt.Sign(),
-        "gelu": lambda p: nt.Gelu(),
-        "sin": lambda p: nt.Sin(p["a"], p["b"], p["c"]),
-        "cos": lambda p: nt.Cos(p["a"], p["b"], p["c"]),
-        "rbf": lambda p: nt.Rbf(p["gamma"]),
-        "exp": lambda p: nt.Exp(p["a"], p["b"]),
-        "gaussian": lambda p: nt.Gaussian(p["a"], p["b"]),
-        "monomial": lambda p: nt.Monomial(p["degree"]),
-        "rectified_monomial": lambda p: nt.RectifiedMonomial(p["degree"]),
-    }
     out = []
     for name, p in spec:
-        if name == "conv":
-            out.append(nt.Conv(**p))
-        elif name == "dense":
-            out.append(nt.Dense(**p))
-        elif name == "avg_pool":
-            out.append(nt.AvgPool(**p))
-        elif name == "sum_pool":
-            out.append(nt.SumPool(**p))
-        elif name == "layer_norm":
-            out.append(nt.LayerNorm(**p))
-        elif name == "fan_out":
-            out.append(nt.FanOut(p["n"]))
-        elif name == "parallel":
+        if name == "parallel":
             out.append(nt.parallel(*(nt.serial(*to_fastntk_layers(b)) for b in p["branches"])))
-        elif name == "fan_in_concat":
-            out.append(nt.FanInConcat(p["axis"]))
         elif name == "serial":
             out.extend(to_fastntk_layers(p["layers"]))
         else:
-            simple = {
-                "flatten": nt.Flatten,
-                "global_avg_pool": nt.GlobalAvgPool,
-                "global_sum_pool": nt.GlobalSumPool,
-                "identity": nt.Identity,
-                "fan_in_sum": nt.FanInSum,
-            }
-            out.append(simple[name]() if name in simple else acts[name](p))
+            out.append(layer_from_spec(nt, name, p))
     return out
 
 

@@ -21,6 +21,22 @@ TOL = {
 }
 
 
+def cupy_or_skip(what: str):
+    """CuPy, for a GPU test module to call at its top; skips the module (the reason names
+    ``what``, or build_info()'s CUDA fields) without CuPy or without a usable CUDA device."""
+    cp = pytest.importorskip("cupy", reason=f"{what} need CuPy")
+    import fastntk as nt
+
+    if not nt.has_cuda():
+        info = nt.build_info()
+        pytest.skip(
+            f"no CUDA backend or device: build_info()['cuda_build']={info['cuda_build']}, "
+            f"{info.get('cuda_note', '')}",
+            allow_module_level=True,
+        )
+    return cp
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261128)

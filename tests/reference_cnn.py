@@ -451,6 +451,49 @@ def cnn_kernels_ref(spec, x1, x2=None, spatial="full", return_scale=False):
 # fastntk layers -> this form (by class names and Neural Tangents' attribute names)
 
 
+# Each name of this form: the class of the same layer in fastntk and in Neural Tangents' stax
+# (the same names in both) and its parameters, in the order of both constructors' positional
+# arguments (as far as they are positional: stax's Dense and Conv take parameterization by
+# keyword only). Layers with branches ('parallel', 'serial') are not in it.
+LAYERS = {
+    "dense": ("Dense", ("out_dim", "W_std", "b_std", "parameterization")),
+    "conv": (
+        "Conv",
+        ("out_chan", "filter_shape", "strides", "padding", "W_std", "b_std", "parameterization"),
+    ),
+    "avg_pool": ("AvgPool", ("window_shape", "strides", "padding", "normalize_edges")),
+    "sum_pool": ("SumPool", ("window_shape", "strides", "padding")),
+    "global_avg_pool": ("GlobalAvgPool", ()),
+    "global_sum_pool": ("GlobalSumPool", ()),
+    "flatten": ("Flatten", ()),
+    "identity": ("Identity", ()),
+    "layer_norm": ("LayerNorm", ("axis", "eps")),
+    "fan_out": ("FanOut", ("n",)),
+    "fan_in_sum": ("FanInSum", ()),
+    "fan_in_concat": ("FanInConcat", ("axis",)),
+    "abrelu": ("ABRelu", ("a", "b")),
+    "erf": ("Erf", ("a", "b", "c")),
+    "sign": ("Sign", ()),
+    "gelu": ("Gelu", ()),
+    "sin": ("Sin", ("a", "b", "c")),
+    "cos": ("Cos", ("a", "b", "c")),
+    "rbf": ("Rbf", ("gamma",)),
+    "exp": ("Exp", ("a", "b")),
+    "gaussian": ("Gaussian", ("a", "b")),
+    "monomial": ("Monomial", ("degree",)),
+    "rectified_monomial": ("RectifiedMonomial", ("degree",)),
+}
+_NAME_OF_CLASS = {cls: name for name, (cls, _) in LAYERS.items()}
+_SHAPES = frozenset({"filter_shape", "window_shape", "strides"})
+
+
+def layer_from_spec(api, name, params):
+    """The layer of one entry ``(name, params)`` from ``api`` (the module ``fastntk`` or
+    ``neural_tangents.stax``), by :data:`LAYERS`'s positional arguments."""
+    cls, keys = LAYERS[name]
+    return getattr(api, cls)(*(params[k] for k in keys))
+
+
 def _classes(obj):
     return [c.__name__ for c in type(obj).__mro__]
 
@@ -471,88 +514,12 @@ def spec_from_fastntk(obj):
         if branches is None:
             branches = obj.layers
         return [("parallel", dict(branches=[spec_from_fastntk(b) for b in branches]))]
-    cls = names[0]
-    if cls == "Dense":
-        return [
-            (
-                "dense",
-                dict(
-                    out_dim=obj.out_dim,
-                    W_std=obj.W_std,
-                    b_std=obj.b_std,
-                    parameterization=obj.parameterization,
-                ),
-            )
-        ]
-    if cls == "Conv":
-        return [
-            (
-                "conv",
-                dict(
-                    out_chan=obj.out_chan,
-                    filter_shape=_tuple_or_none(obj.filter_shape),
-                    strides=_tuple_or_none(obj.strides),
-                    padding=obj.padding,
-                    W_std=obj.W_std,
-                    b_std=obj.b_std,
-                    parameterization=obj.parameterization,
-                ),
-            )
-        ]
-    if cls == "AvgPool":
-        return [
-            (
-                "avg_pool",
-                dict(
-                    window_shape=_tuple_or_none(obj.window_shape),
-                    strides=_tuple_or_none(obj.strides),
-                    padding=obj.padding,
-                    normalize_edges=obj.normalize_edges,
-                ),
-            )
-        ]
-    if cls == "SumPool":
-        return [
-            (
-                "sum_pool",
-                dict(
-                    window_shape=_tuple_or_none(obj.window_shape),
-                    strides=_tuple_or_none(obj.strides),
-                    padding=obj.padding,
-                ),
-            )
-        ]
-    simple = {
-        "GlobalAvgPool": "global_avg_pool",
-        "GlobalSumPool": "global_sum_pool",
-        "Flatten": "flatten",
-        "Identity": "identity",
-        "FanInSum": "fan_in_sum",
-        "Sign": "sign",
-        "Gelu": "gelu",
-    }
-    if cls in simple:
-        return [(simple[cls], {})]
-    if cls == "LayerNorm":
-        return [("layer_norm", dict(axis=obj.axis, eps=obj.eps))]
-    if cls == "FanOut":
+    if names[0] == "FanOut":
         return [("fan_out", dict(n=getattr(obj, "num", None) or obj.n))]
-    if cls == "FanInConcat":
-        return [("fan_in_concat", dict(axis=obj.axis))]
-    if "ABRelu" in names:
-        return [("abrelu", dict(a=obj.a, b=obj.b))]
-    if "Cos" in names:
-        return [("cos", dict(a=obj.a, b=obj.b, c=obj.c))]
-    if "Sin" in names:
-        return [("sin", dict(a=obj.a, b=obj.b, c=obj.c))]
-    if cls == "Erf":
-        return [("erf", dict(a=obj.a, b=obj.b, c=obj.c))]
-    if cls == "Rbf":
-        return [("rbf", dict(gamma=obj.gamma))]
-    if cls in ("Exp", "Gaussian"):
-        return [(cls.lower(), dict(a=obj.a, b=obj.b))]
-    if cls == "Monomial":
-        return [("monomial", dict(degree=obj.degree))]
-    if cls == "RectifiedMonomial":
-        return [("rectified_monomial", dict(degree=obj.degree))]
+    # The nearest class of the table: Relu, LeakyRelu and Abs are ABRelus.
+    for cls in names:
+        if cls in _NAME_OF_CLASS:
+            name = _NAME_OF_CLASS[cls]
+            params = {k: getattr(obj, k) for k in LAYERS[name][1]}
+            return [(name, {k: _tuple_or_none(v) if k in _SHAPES else v for k, v in params.items()})]
     raise TypeError(f"spec_from_fastntk: no reference for {obj!r}")

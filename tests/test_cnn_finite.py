@@ -10,8 +10,8 @@ and ``monte_carlo_kernel`` (fastntk._finite_spatial), against independent refere
    CNN with a Flatten readout, computed here in closed form (the arc-cosine kernel per
    position): the error of one network's NTK shrinks like 1/sqrt(width), and the average
    over networks is unbiased;
-4. where tests/reference_cnn.py (the per-pixel infinite-width reference) is importable,
-   the Monte Carlo average of a pooled residual CNN against it.
+4. the Monte Carlo average of a pooled residual CNN against tests/reference_cnn.py (the
+   per-pixel infinite-width reference, whose window geometry the loops of 1. use too).
 """
 
 from __future__ import annotations
@@ -23,16 +23,10 @@ import pytest
 
 import fastntk as nt
 
+import reference_cnn as ref
+
 # ---------------------------------------------------------------------------------------
 # Plain loops (the references of apply).
-
-
-def _out_and_pad(n, k, s, padding):
-    """Output length and low padding on one axis (XLA's SAME: the smaller half first)."""
-    if padding == "VALID":
-        return (n - k) // s + 1, 0
-    out = -(-n // s)
-    return out, max((out - 1) * s + k - n, 0) // 2
 
 
 def _source(i, n, circular):
@@ -45,7 +39,7 @@ def _source(i, n, circular):
 def conv_loop(x, W, b, strides, padding, c_w, c_b):
     """z[n, p, o] = c_w * sum_u sum_c x[n, s p + u - lo, c] W[u, c, o] + c_b b[o]."""
     spatial, window = x.shape[1:-1], W.shape[:-2]
-    geo = [_out_and_pad(n, k, s, padding) for n, k, s in zip(spatial, window, strides)]
+    geo = [ref.out_size_and_pad(n, k, s, padding) for n, k, s in zip(spatial, window, strides)]
     out = np.zeros((x.shape[0],) + tuple(g[0] for g in geo) + (W.shape[-1],))
     for p in np.ndindex(*out.shape[1:-1]):
         for u in np.ndindex(*window):
@@ -61,7 +55,7 @@ def conv_loop(x, W, b, strides, padding, c_w, c_b):
 
 def pool_loop(x, window, strides, padding, average, normalize_edges):
     spatial, c = x.shape[1:-1], x.shape[-1]
-    geo = [_out_and_pad(n, k, s, padding) for n, k, s in zip(spatial, window, strides)]
+    geo = [ref.out_size_and_pad(n, k, s, padding) for n, k, s in zip(spatial, window, strides)]
     out = np.zeros((x.shape[0],) + tuple(g[0] for g in geo) + (c,))
     for p in np.ndindex(*out.shape[1:-1]):
         count = 0
@@ -479,7 +473,7 @@ def test_monte_carlo_kernel_unbiased_one_hidden_layer():
 
 
 # ---------------------------------------------------------------------------------------
-# 4. Against the per-pixel infinite-width reference (tests/reference_cnn.py), if present.
+# 4. Against the per-pixel infinite-width reference (tests/reference_cnn.py).
 
 
 def test_monte_carlo_pooled_residual_against_reference():
@@ -487,7 +481,6 @@ def test_monte_carlo_pooled_residual_against_reference():
     Z = 5 standard errors plus the finite-width bias bound of tests/test_monte_carlo.py,
     C_BIAS (L - 1) / n of the entry scale with C_BIAS = 1 and L = 2 hidden layers (the
     residual block's second conv sees a fluctuating covariance; one extra layer)."""
-    ref = pytest.importorskip("reference_cnn")
     net = nt.serial(
         nt.Conv(64, (3, 3), padding="CIRCULAR", W_std=1.4, b_std=0.2),
         nt.FanOut(2),
@@ -548,7 +541,6 @@ def test_monte_carlo_gap_error_shrinks_like_inverse_sqrt_width():
     The slope measures concentration, not the limit; the limit is checked by the mean of
     the S kernels at the largest width, within Z = 5 standard errors of the reference
     (unbiased at any width, so no finite-width allowance)."""
-    ref = pytest.importorskip("reference_cnn")
 
     def make(n):
         return nt.serial(

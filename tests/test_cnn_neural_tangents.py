@@ -14,7 +14,7 @@ import pytest
 
 from cnn_specs import ARCHITECTURE_NAMES_WITHOUT_NT, architectures, to_fastntk
 from conftest import assert_kernel_close
-from reference_cnn import cnn_kernels_ref
+from reference_cnn import cnn_kernels_ref, layer_from_spec
 
 stax = pytest.importorskip("neural_tangents.stax")
 jax = pytest.importorskip("jax")
@@ -43,19 +43,6 @@ NT_ARCHS = sorted(n for n in ARCHS if n not in ARCHITECTURE_NAMES_WITHOUT_NT)
 
 def to_stax(spec):
     """The Neural Tangents layer of a reference spec (stax.serial of its layers)."""
-    acts = {
-        "abrelu": lambda p: stax.ABRelu(p["a"], p["b"]),
-        "erf": lambda p: stax.Erf(p["a"], p["b"], p["c"]),
-        "sign": lambda p: stax.Sign(),
-        "gelu": lambda p: stax.Gelu(),
-        "sin": lambda p: stax.Sin(p["a"], p["b"], p["c"]),
-        "cos": lambda p: stax.Cos(p["a"], p["b"], p["c"]),
-        "rbf": lambda p: stax.Rbf(p["gamma"]),
-        "exp": lambda p: stax.Exp(p["a"], p["b"]),
-        "gaussian": lambda p: stax.Gaussian(p["a"], p["b"]),
-        "monomial": lambda p: stax.Monomial(p["degree"]),
-        "rectified_monomial": lambda p: stax.RectifiedMonomial(p["degree"]),
-    }
     layers = []
     for name, p in spec:
         if name == "conv":
@@ -74,27 +61,10 @@ def to_stax(spec):
             # out_dim enters only the standard NTK of the next layer; NT needs some value
             out = 1 if p["out_dim"] is None else p["out_dim"]
             layers.append(stax.Dense(out, p["W_std"], p["b_std"], parameterization=p["parameterization"]))
-        elif name == "avg_pool":
-            layers.append(stax.AvgPool(p["window_shape"], p["strides"], p["padding"], p["normalize_edges"]))
-        elif name == "sum_pool":
-            layers.append(stax.SumPool(p["window_shape"], p["strides"], p["padding"]))
-        elif name == "layer_norm":
-            layers.append(stax.LayerNorm(p["axis"], p["eps"]))
-        elif name == "fan_out":
-            layers.append(stax.FanOut(p["n"]))
         elif name == "parallel":
             layers.append(stax.parallel(*(to_stax(b) for b in p["branches"])))
-        elif name == "fan_in_concat":
-            layers.append(stax.FanInConcat(p["axis"]))
         else:
-            simple = {
-                "flatten": stax.Flatten,
-                "global_avg_pool": stax.GlobalAvgPool,
-                "global_sum_pool": stax.GlobalSumPool,
-                "identity": stax.Identity,
-                "fan_in_sum": stax.FanInSum,
-            }
-            layers.append(simple[name]() if name in simple else acts[name](p))
+            layers.append(layer_from_spec(stax, name, p))
     return stax.serial(*layers)
 
 

@@ -14,15 +14,10 @@ import fastntk as nt
 from fastntk import _cuda_backend as gpu
 from fastntk import _engine
 
-cp = pytest.importorskip("cupy", reason="the CUDA tests need CuPy")
-if not nt.has_cuda():
-    pytest.skip(
-        f"no CUDA backend or device: build_info()['cuda_build']={nt.build_info()['cuda_build']}, "
-        f"{nt.build_info().get('cuda_note', '')}",
-        allow_module_level=True,
-    )
+from conftest import assert_kernel_close, cupy_or_skip
 
-from conftest import assert_kernel_close  # noqa: E402
+cp = cupy_or_skip("the CUDA tests")
+
 from specs import ACTIVATION_SPECS  # noqa: E402
 
 # float64 GPU vs CPU: the same maps in the same order; only the GEMMs (cuBLAS vs OpenBLAS,

@@ -13,20 +13,15 @@ import math
 
 import numpy as np
 import pytest
+from test_spatial_engine import _fc_program
 
-import fastntk as nt
 from fastntk import _core, _engine
 from fastntk import _cuda_backend as gpu
 
-cp = pytest.importorskip("cupy", reason="the CUDA CNN tests need CuPy")
-if not nt.has_cuda():
-    pytest.skip(
-        f"no CUDA backend or device: build_info()['cuda_build']={nt.build_info()['cuda_build']}, "
-        f"{nt.build_info().get('cuda_note', '')}",
-        allow_module_level=True,
-    )
+from conftest import assert_kernel_close, cupy_or_skip
+from reference_cnn import out_size_and_pad
 
-from conftest import assert_kernel_close  # noqa: E402
+cp = cupy_or_skip("the CUDA CNN tests")
 
 # float64 GPU vs CPU: the same walk (spatial_walk_impl.hpp) with the same terms in the same
 # order per entry; what differs is the input covariance (C fused multiply-adds per entry on
@@ -45,12 +40,9 @@ def _scale(k):
 
 
 def _fc():
-    """ReLU at op 1, Erf(0.7, 1.3, 0.2) at op 3, Gaussian(1, 0.4) at op 5 (each after a Dense)."""
-    fc = _core.Program()
-    fc.add_dense(1.0, None, False, 1.0)
-    fc.add_abrelu(0.0, 1.0)
-    fc.add_dense(1.0, None, False, 1.0)
-    fc.add_erf(0.7, 1.3, 0.2)
+    """The engine tests' ReLU at op 1, Erf(0.7, 1.3, 0.2) at op 3, and Gaussian(1, 0.4) at
+    op 5 (each after a Dense)."""
+    fc = _fc_program()
     fc.add_dense(1.0, None, False, 1.0)
     fc.add_gaussian(1.0, 0.4)
     return fc
@@ -70,15 +62,9 @@ class Net:
     def conv(self, reg, window, strides=None, padding="SAME", w_var=1.7, b_var=0.1, dst=None):
         dims = self.dims[reg]
         strides = strides or (1,) * len(dims)
-        out, pads = [], []
-        for n, k, s in zip(dims, window, strides):
-            if padding == "VALID":
-                m, p = (n - k) // s + 1, 0
-            else:
-                m = -(-n // s)
-                p = max((m - 1) * s + k - n, 0) // 2
-            out.append(m)
-            pads.append(p)
+        out, pads = map(
+            list, zip(*(out_size_and_pad(n, k, s, padding) for n, k, s in zip(dims, window, strides)))
+        )
         dst = reg if dst is None else dst
         self.p.add_linear(reg, dst, "conv", list(dims), out, list(window), list(strides), pads,
                           padding == "CIRCULAR", False, 1.0 / math.prod(window), w_var, b_var, w_var, w_var,
@@ -88,8 +74,7 @@ class Net:
 
     def pool(self, reg, window, normalize_edges=False):
         dims = self.dims[reg]
-        out = [-(-n // k) for n, k in zip(dims, window)]
-        pads = [max((m - 1) * k + k - n, 0) // 2 for n, k, m in zip(dims, window, out)]
+        out, pads = map(list, zip(*(out_size_and_pad(n, k, k, "SAME") for n, k in zip(dims, window))))
         self.p.add_linear(reg, reg, "pool", list(dims), out, list(window), list(window), pads, False,
                           normalize_edges, 1.0 / math.prod(window), 1.0, 0.0, 0.0, 1.0, 0.0)  # fmt: skip
         self.dims[reg] = tuple(out)

@@ -10,11 +10,9 @@ What this does not cover is the CUDA C++ itself (tests/test_cuda_cnn.py, on a GP
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
-from test_cuda_emulated import FakeArray, FakeCudaModule, _view, make_fake_cupy
+from test_cuda_emulated import FakeArray, FakeCudaModule, _view, install_emulator
 
 from fastntk import _core, _engine
 from fastntk import _cuda_backend as gpu
@@ -120,18 +118,7 @@ class FakeSpatialModule(FakeCudaModule):
 @pytest.fixture
 def emulated(monkeypatch):
     """fastntk's CUDA backend on the emulator: (fake cupy, fake _cuda)."""
-    cp, mod = make_fake_cupy(), FakeSpatialModule()
-    monkeypatch.setitem(sys.modules, "cupy", cp)
-    monkeypatch.setattr(gpu, "_loaded", True)
-    monkeypatch.setattr(gpu, "_module", mod)
-
-    class Recording(gpu._SpatialCtx):
-        def __init__(self, sprog, *args, **kwargs):
-            mod.sprog = sprog
-            super().__init__(sprog, *args, **kwargs)
-
-    monkeypatch.setattr(gpu, "_SpatialCtx", Recording)
-    return cp, mod
+    return install_emulator(monkeypatch, FakeSpatialModule(), "_SpatialCtx", "sprog")
 
 
 def _fc():

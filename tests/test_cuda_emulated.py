@@ -260,21 +260,29 @@ class FakeCudaModule:
         m[low] = m.T[low]
 
 
-@pytest.fixture
-def emulated(monkeypatch):
-    """fastntk's CUDA backend on the emulator: (fake cupy, fake _cuda)."""
-    cp, mod = make_fake_cupy(), FakeCudaModule()
+def install_emulator(monkeypatch, mod, ctx="_Ctx", record="prog"):
+    """Put the fake cupy and ``mod`` (a fake _cuda) under fastntk's CUDA backend, its context
+    class ``gpu.<ctx>`` recording the native program it is given as ``mod.<record>``;
+    returns (fake cupy, mod)."""
+    cp = make_fake_cupy()
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setattr(gpu, "_loaded", True)
     monkeypatch.setattr(gpu, "_module", mod)
+    base = getattr(gpu, ctx)
 
-    class Recording(gpu._Ctx):
+    class Recording(base):
         def __init__(self, prog, *args, **kwargs):
-            mod.prog = prog
+            setattr(mod, record, prog)
             super().__init__(prog, *args, **kwargs)
 
-    monkeypatch.setattr(gpu, "_Ctx", Recording)
+    monkeypatch.setattr(gpu, ctx, Recording)
     return cp, mod
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """fastntk's CUDA backend on the emulator: (fake cupy, fake _cuda)."""
+    return install_emulator(monkeypatch, FakeCudaModule())
 
 
 F64 = 1e-12

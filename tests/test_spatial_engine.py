@@ -20,6 +20,8 @@ import pytest
 
 from fastntk import _core, _engine
 
+from reference_cnn import out_size_and_pad
+
 RTOL, ATOL = 1e-11, 1e-12
 
 
@@ -241,15 +243,7 @@ class Both:
 
     def conv(self, reg, dims, window, strides, padding, w_var=1.7, b_var=0.1, dst=None):
         """A Conv layer's op, NTK parameterization with 1/(window size) as the fan-in scale."""
-        out, pads = [], []
-        for n, k, s in zip(dims, window, strides):
-            if padding == "VALID":
-                m, p = (n - k) // s + 1, 0
-            else:
-                m = -(-n // s)
-                p = max((m - 1) * s + k - n, 0) // 2
-            out.append(m)
-            pads.append(p)
+        out, pads = zip(*(out_size_and_pad(n, k, s, padding) for n, k, s in zip(dims, window, strides)))
         self.linear(reg, reg if dst is None else dst, "conv", dims, out, window, strides, pads,
                     circular=padding == "CIRCULAR", scale=1.0 / math.prod(window), alpha=w_var, beta=b_var,
                     gamma=w_var, delta=w_var, eps=b_var)  # fmt: skip
@@ -363,11 +357,7 @@ def test_pool(rng, normalize_edges, dims, window, strides, padding):
     b = Both(dims, 2, True)
     b.conv(0, dims, (2,) * len(dims), (1,) * len(dims), "SAME")
     b.relu(0)
-    out, pads = [], []
-    for n, k, s in zip(dims, window, strides):
-        m = (n - k) // s + 1 if padding == "VALID" else -(-n // s)
-        out.append(m)
-        pads.append(0 if padding == "VALID" else max((m - 1) * s + k - n, 0) // 2)
+    out, pads = zip(*(out_size_and_pad(n, k, s, padding) for n, k, s in zip(dims, window, strides)))
     b.linear(0, 0, "pool", dims, out, window, strides, pads, circular=padding == "CIRCULAR",
              normalize_edges=normalize_edges, scale=1.0 / math.prod(window))  # fmt: skip
     b.check(rng, dims, 2)

@@ -74,19 +74,7 @@ void bind_ntk_gram(py::module_& m) {
         const double* p2 = x2 ? x2->data() : nullptr;
         double* pn = nngp ? nngp->mutable_data() : nullptr;
         double* pt = ntk ? ntk->mutable_data() : nullptr;
-        if (!progress.is_none()) {
-          // Called on the calling thread with the GIL released: take it for the call. An
-          // exception of the callable is reported (sys.unraisablehook), not propagated: a
-          // progress display must not stop the work.
-          opt.progress = [&progress](std::int64_t done, std::int64_t total) {
-            py::gil_scoped_acquire gil;
-            try {
-              progress(done, total);
-            } catch (py::error_already_set& e) {
-              e.discard_as_unraisable("fastntk.ntk_gram progress");
-            }
-          };
-        }
+        opt.progress = fastntk::bindings::progress_callback(progress, "fastntk.ntk_gram progress");
         bool finite = false;
         fastntk::bindings::run_interruptible([&](const std::function<bool()>& interrupted) {
           opt.interrupted = interrupted;

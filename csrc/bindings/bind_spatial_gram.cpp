@@ -122,18 +122,7 @@ void bind_spatial_gram(py::module_& m) {
 
         fastntk::cpu::SpatialGramOptions opt;
         opt.n_threads = fastntk::bindings::threads_for(n_threads);
-        if (!progress.is_none()) {
-          // As ntk_gram's: called with the GIL released, taken for the call; a failing
-          // progress display is reported, not propagated.
-          opt.progress = [&progress](std::int64_t done, std::int64_t total) {
-            py::gil_scoped_acquire gil;
-            try {
-              progress(done, total);
-            } catch (py::error_already_set& e) {
-              e.discard_as_unraisable("fastntk.spatial_gram progress");
-            }
-          };
-        }
+        opt.progress = fastntk::bindings::progress_callback(progress, "fastntk.spatial_gram progress");
         const double* p1 = x1.data();
         const double* p2 = x2 ? x2->data() : nullptr;
         void* pn = nngp ? nngp->mutable_data() : nullptr;

@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <utility>
@@ -39,6 +40,25 @@ inline int threads_for(int n_threads) {
       throw py::error_already_set();
   }
   return 1;
+}
+
+// The drivers' progress callback for a Python callable `progress` (None: an empty one, no
+// calls). The driver calls it on the calling thread with the GIL released: it takes the GIL
+// for the call. An exception of the callable is reported (sys.unraisablehook, naming
+// `where`), not propagated: a progress display must not stop the work. It refers to
+// `progress` (no copy, whose reference count would change without the GIL), which must
+// outlive the work.
+inline std::function<void(std::int64_t, std::int64_t)> progress_callback(const py::object& progress,
+                                                                         const char* where) {
+  if (progress.is_none()) return {};
+  return [&progress, where](std::int64_t done, std::int64_t total) {
+    py::gil_scoped_acquire gil;
+    try {
+      progress(done, total);
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable(where);
+    }
+  };
 }
 
 // Runs work(interrupted) with the GIL released. `interrupted` is the callback the native

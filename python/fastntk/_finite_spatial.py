@@ -67,26 +67,17 @@ from .layers import (
     Identity,
     LayerNorm,
     Parallel,
-    SpatialLayer,
     SumPool,
+    has_spatial_layer,
 )
 
 # ---------------------------------------------------------------------------------------
 # Which networks come here.
 
 
-def walk(layers):
-    """Every layer of a layer sequence, the branches of Parallel layers included."""
-    for layer in layers:
-        yield layer
-        if isinstance(layer, Parallel):
-            for branch in layer.branches:
-                yield from walk(branch)
-
-
 def is_spatial(net) -> bool:
     """True when net holds a layer only this module handles (images or branches)."""
-    return any(isinstance(layer, SpatialLayer) for layer in walk(net.layers))
+    return has_spatial_layer(net.layers)
 
 
 def _where(path: tuple, layer) -> str:
@@ -132,30 +123,31 @@ def _needs_image(layer, where: str, shape: tuple) -> None:
         )
 
 
+def _point_axes(axes, n: int, who: str, what: str, doing: str) -> tuple:
+    """``axes`` of arrays with ``n`` axes (the batch axis first) as sorted axes of one point
+    (0-based, without the batch axis); the errors name ``who``, the arrays (``what``) and the
+    operation (``doing`` the batch axis)."""
+    out = []
+    for a in axes:
+        if not -n <= a < n:
+            raise ValueError(f"{who}: axis {a} is out of range for {what} with {n} axes (batch first)")
+        a %= n
+        if a == 0:
+            raise ValueError(f"{who}: {doing} the batch axis (axis 0) is not supported, got {axes!r}")
+        out.append(a - 1)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{who} repeats an axis: {axes!r}")
+    return tuple(sorted(out))
+
+
 def _concat_axis(layer, where: str, ndim: int) -> int:
     """FanInConcat's axis among the point's axes (0-based, without the batch axis)."""
-    axis = layer.axis
-    if not -ndim - 1 <= axis <= ndim:
-        raise ValueError(f"{where}: axis {axis} is out of range for inputs with {ndim + 1} axes")
-    axis %= ndim + 1
-    if axis == 0:
-        raise ValueError(f"{where}: cannot concatenate along the batch axis (axis 0)")
-    return axis - 1
+    return _point_axes((layer.axis,), ndim + 1, where, "inputs", "concatenating along")[0]
 
 
 def _norm_axes(layer, where: str, ndim: int) -> tuple:
     """LayerNorm's axes among the point's axes (0-based, without the batch axis)."""
-    axes = []
-    for a in layer.axis:
-        if not -ndim - 1 <= a <= ndim:
-            raise ValueError(f"{where}: axis {a} is out of range for inputs with {ndim + 1} axes")
-        a %= ndim + 1
-        if a == 0:
-            raise ValueError(f"{where}: normalizing over the batch axis (axis 0) is not supported")
-        axes.append(a - 1)
-    if len(set(axes)) != len(axes):
-        raise ValueError(f"{where}: axis {layer.axis} repeats an axis")
-    return tuple(sorted(axes))
+    return _point_axes(layer.axis, ndim + 1, where, "inputs", "normalizing over")
 
 
 def _out_shape(layer, path: tuple, shape):
@@ -800,19 +792,7 @@ def parse_trace_axes(trace_axes, out_ndim: int) -> tuple:
         isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in trace_axes
     ):
         raise ValueError(f"trace_axes must be a tuple of output axes, e.g. (-1,) or (), got {trace_axes!r}")
-    axes = []
-    for a in trace_axes:
-        if not -ndim <= a < ndim:
-            raise ValueError(
-                f"trace_axes: axis {a} is out of range for outputs with {ndim} axes (batch first)"
-            )
-        a %= ndim
-        if a == 0:
-            raise ValueError(f"trace_axes: the batch axis 0 cannot be traced, got {trace_axes!r}")
-        axes.append(a - 1)
-    if len(set(axes)) != len(axes):
-        raise ValueError(f"trace_axes repeats an axis: {trace_axes!r}")
-    return tuple(sorted(axes))
+    return _point_axes(trace_axes, ndim, "trace_axes", "outputs", "tracing")
 
 
 def _fold(x, out_shape: tuple, traced: tuple):

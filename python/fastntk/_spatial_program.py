@@ -126,9 +126,19 @@ class SpatialPlan:
         return a.transpose(perm)
 
 
+# The coefficients of a map without weights (pooling, Flatten): both kernels pass through
+# the map alone, with no bias and no NTK term of new weights.
+_WEIGHTLESS = dict(alpha=1.0, beta=0.0, gamma=0.0, delta=1.0, eps=0.0)
+
+
 def _describe(layer) -> str:
     text = repr(layer)
     return text if len(text) <= 90 else text[:87] + "..."
+
+
+def _pooled_why(v: _Value, name) -> str:
+    """Why a pooled value is not Gaussian (pooling a Gaussian keeps it Gaussian)."""
+    return v.why if v.gaussian else f"{v.why}, pooled at {name}"
 
 
 class _Compiler:
@@ -150,6 +160,21 @@ class _Compiler:
 
     def call(self, name, **kwargs):
         self.calls.append((name, kwargs))
+
+    def linear(self, reg, kind, in_dims, out_dims, scale, coef=None, **geometry):
+        """An ``add_linear`` in place on ``reg``; ``coef`` (alpha ... eps) defaults to a
+        weightless map (see :data:`_WEIGHTLESS`); ``geometry``: a window's arguments."""
+        self.call(
+            "add_linear",
+            src=reg,
+            dst=reg,
+            map=kind,
+            in_dims=list(in_dims),
+            out_dims=list(out_dims),
+            **geometry,
+            scale=scale,
+            **(_WEIGHTLESS if coef is None else coef),
+        )
 
     # ---- the walk
 
@@ -229,21 +254,11 @@ class _Compiler:
         )
 
     def dense(self, layer: Dense, v: _Value, name) -> _Value:
-        coef = self._affine(layer, v, name, 1)
-        self.call(
-            "add_linear",
-            src=v.reg,
-            dst=v.reg,
-            map="identity",
-            in_dims=list(v.dims),
-            out_dims=list(v.dims),
-            scale=1.0,
-            **coef,
-        )
+        self.linear(v.reg, "identity", v.dims, v.dims, 1.0, self._affine(layer, v, name, 1))
         return dataclasses.replace(v, channels=layer.out_dim, gaussian=True, why="", fresh=True)
 
     def _window(self, layer, v: _Value, name, window, what):
-        """(out_dims, pad_lo) of a window over v's spatial axes, or an error."""
+        """(out_dims, the window's add_linear arguments) over v's spatial axes, or an error."""
         kind = type(layer).__name__
         if not v.dims:
             after = "after Flatten" if v.flattened else "on a vector (no spatial axes left)"
@@ -271,57 +286,32 @@ class _Compiler:
                 o = -(-n // s)
                 out.append(o)
                 pad_lo.append(max((o - 1) * s + k - n, 0) // 2)
-        return tuple(out), pad_lo
-
-    def conv(self, layer: Conv, v: _Value, name) -> _Value:
-        out, pad_lo = self._window(layer, v, name, layer.filter_shape, "filter")
-        size = math.prod(layer.filter_shape)
-        coef = self._affine(layer, v, name, size)
-        self.call(
-            "add_linear",
-            src=v.reg,
-            dst=v.reg,
-            map="conv",
-            in_dims=list(v.dims),
-            out_dims=list(out),
-            window=list(layer.filter_shape),
+        geometry = dict(
+            window=list(window),
             strides=list(layer.strides),
             pad_lo=pad_lo,
             circular=layer.padding == "CIRCULAR",
-            normalize_edges=False,
-            scale=1.0 / size,
-            **coef,
         )
+        return tuple(out), geometry
+
+    def conv(self, layer: Conv, v: _Value, name) -> _Value:
+        out, geometry = self._window(layer, v, name, layer.filter_shape, "filter")
+        size = math.prod(layer.filter_shape)
+        coef = self._affine(layer, v, name, size)
+        self.linear(v.reg, "conv", v.dims, out, 1.0 / size, coef, **geometry, normalize_edges=False)
         # Neural Tangents transposes the spatial axes of a full covariance at every convolution.
         return dataclasses.replace(
             v, dims=out, channels=layer.out_chan, gaussian=True, why="", fresh=True, reversed=not v.reversed
         )
 
     def pool(self, layer: AvgPool, v: _Value, name) -> _Value:
-        out, pad_lo = self._window(layer, v, name, layer.window_shape, "window")
+        out, geometry = self._window(layer, v, name, layer.window_shape, "window")
         average = not isinstance(layer, SumPool)
         self.pooled = True
-        self.call(
-            "add_linear",
-            src=v.reg,
-            dst=v.reg,
-            map="pool",
-            in_dims=list(v.dims),
-            out_dims=list(out),
-            window=list(layer.window_shape),
-            strides=list(layer.strides),
-            pad_lo=pad_lo,
-            circular=layer.padding == "CIRCULAR",
-            normalize_edges=average and layer.normalize_edges,
-            scale=1.0 / math.prod(layer.window_shape) if average else 1.0,
-            alpha=1.0,
-            beta=0.0,
-            gamma=0.0,
-            delta=1.0,
-            eps=0.0,
-        )
-        why = v.why if v.gaussian else f"{v.why}, pooled at {name}"
-        return dataclasses.replace(v, dims=out, why=why)
+        scale = 1.0 / math.prod(layer.window_shape) if average else 1.0
+        normalize = average and layer.normalize_edges
+        self.linear(v.reg, "pool", v.dims, out, scale, **geometry, normalize_edges=normalize)
+        return dataclasses.replace(v, dims=out, why=_pooled_why(v, name))
 
     def global_pool(self, layer, v: _Value, name) -> _Value:
         if not v.dims:
@@ -332,41 +322,14 @@ class _Compiler:
         self.pooled = True
         s = math.prod(v.dims)
         scale = 1.0 / (s * s) if isinstance(layer, GlobalAvgPool) else 1.0
-        self.call(
-            "add_linear",
-            src=v.reg,
-            dst=v.reg,
-            map="global",
-            in_dims=list(v.dims),
-            out_dims=[],
-            scale=scale,
-            alpha=1.0,
-            beta=0.0,
-            gamma=0.0,
-            delta=1.0,
-            eps=0.0,
-        )
-        why = v.why if v.gaussian else f"{v.why}, pooled at {name}"
-        return dataclasses.replace(v, dims=(), why=why, reversed=False)
+        self.linear(v.reg, "global", v.dims, (), scale)
+        return dataclasses.replace(v, dims=(), why=_pooled_why(v, name), reversed=False)
 
     def flatten(self, v: _Value) -> _Value:
         if not v.dims:  # a vector: nothing to flatten
             return v
         s = math.prod(v.dims)
-        self.call(
-            "add_linear",
-            src=v.reg,
-            dst=v.reg,
-            map="flatten",
-            in_dims=list(v.dims),
-            out_dims=[],
-            scale=1.0 / s,
-            alpha=1.0,
-            beta=0.0,
-            gamma=0.0,
-            delta=1.0,
-            eps=0.0,
-        )
+        self.linear(v.reg, "flatten", v.dims, (), 1.0 / s)
         # The flattened entries of one position share a variance that differs between
         # positions: not identically distributed, so an activation after it has no closed form
         # (as in Neural Tangents, where Flatten's output is not Gaussian).
@@ -472,21 +435,8 @@ class _Compiler:
             )
         dst = out.reg
         if weights[0] != 1.0:
-            d = list(out.dims)
-            self.call(
-                "add_linear",
-                src=dst,
-                dst=dst,
-                map="identity",
-                in_dims=d,
-                out_dims=d,
-                scale=1.0,
-                alpha=weights[0],
-                beta=0.0,
-                gamma=0.0,
-                delta=weights[0],
-                eps=0.0,
-            )
+            coef = dict(_WEIGHTLESS, alpha=weights[0], delta=weights[0])
+            self.linear(dst, "identity", out.dims, out.dims, 1.0, coef)
         for s, w in zip(state[1:], weights[1:]):
             self.call("add_axpy", src=s.reg, dst=dst, weight=w)
             self.free.append(s.reg)

@@ -441,6 +441,11 @@ def _spatial_tuple(layer: str, name: str, value, n: int | None = None, what: str
     return tuple(int(v) for v in items)
 
 
+def _strides(layer: str, strides, n: int, what: str) -> tuple:
+    """A window's strides: 1 on each of its n axes by default (Neural Tangents' default)."""
+    return (1,) * n if strides is None else _spatial_tuple(layer, "strides", strides, n, what)
+
+
 def _padding(layer: str, padding) -> str:
     if not isinstance(padding, str) or padding.upper() not in PADDINGS:
         raise ValueError(f"{layer}: padding must be 'VALID', 'SAME' or 'CIRCULAR', got {padding!r}")
@@ -516,10 +521,7 @@ class Conv(SpatialLayer):
         if filter_shape is None:
             raise TypeError(f"{name}: filter_shape is required, e.g. Conv(64, (3, 3))")
         self.filter_shape = _spatial_tuple(name, "filter_shape", filter_shape)
-        n = len(self.filter_shape)
-        self.strides = (
-            (1,) * n if strides is None else _spatial_tuple(name, "strides", strides, n, "filter_shape")
-        )
+        self.strides = _strides(name, strides, len(self.filter_shape), "filter_shape")
         self.padding = _padding(name, padding)
         self.W_std = _real("W_std", name, W_std, nonneg=True)
         self.b_std = None if b_std is None else _real("b_std", name, b_std, nonneg=True)
@@ -550,10 +552,7 @@ class AvgPool(SpatialLayer):
         if window_shape is None:
             raise TypeError(f"{name}: window_shape is required, e.g. {name}((2, 2))")
         self.window_shape = _spatial_tuple(name, "window_shape", window_shape)
-        n = len(self.window_shape)
-        self.strides = (
-            (1,) * n if strides is None else _spatial_tuple(name, "strides", strides, n, "window_shape")
-        )
+        self.strides = _strides(name, strides, len(self.window_shape), "window_shape")
         self.padding = _padding(name, padding)
         if not isinstance(normalize_edges, (bool, np.bool_)):
             raise TypeError(f"{name}: normalize_edges must be True or False, got {normalize_edges!r}")
@@ -671,3 +670,18 @@ class Parallel(SpatialLayer):
             return repr(branch[0]) if len(branch) == 1 else "serial(" + ", ".join(map(repr, branch)) + ")"
 
         return "parallel(" + ", ".join(one(b) for b in self.branches) + ")"
+
+
+def walk(layers):
+    """Every layer of a layer sequence, the branches of Parallel layers included (depth first)."""
+    for layer in layers:
+        yield layer
+        if isinstance(layer, Parallel):
+            for branch in layer.branches:
+                yield from walk(branch)
+
+
+def has_spatial_layer(layers) -> bool:
+    """True when a layer sequence (branches included) holds a layer that needs the spatial
+    modules (images or branches): a :class:`SpatialLayer`."""
+    return any(isinstance(layer, SpatialLayer) for layer in walk(layers))

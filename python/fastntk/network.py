@@ -11,7 +11,7 @@ import numpy as np
 from . import _engine, _spatial_program, empirical
 from ._args import kernel_tuple, parse_get
 from ._progress import check_progress
-from .layers import Dense, Layer, Parallel, SpatialLayer
+from .layers import Dense, Layer, Parallel, has_spatial_layer
 
 __all__ = ["serial", "parallel", "Network"]
 
@@ -28,15 +28,6 @@ def _rows(x) -> np.ndarray:
     return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
-def _walk(layers):
-    """Every layer of a layer sequence, branches of Parallel layers included (depth first)."""
-    for layer in layers:
-        yield layer
-        if isinstance(layer, Parallel):
-            for branch in layer.branches:
-                yield from _walk(branch)
-
-
 class Network:
     """A sequence of layers; build it with :func:`serial`."""
 
@@ -45,7 +36,7 @@ class Network:
         # A network with convolutions, pooling or branches is checked when its input shape is
         # known (fastntk._spatial_program): a branch such as serial(Relu(), Conv(...)) is fine
         # on its own, only the whole graph tells whether its activation gets a Gaussian input.
-        self.is_spatial = any(isinstance(layer, SpatialLayer) for layer in _walk(self.layers))
+        self.is_spatial = has_spatial_layer(self.layers)
         self._plans = {}  # (input shape without N, diagonal_spatial) -> SpatialPlan
         if not self.is_spatial:
             self._check_order()
@@ -417,15 +408,16 @@ def serial(*layers) -> Network:
     branches are checked against their input shape when their kernel is computed
     (a branch may start with an activation: its input comes from the graph).
     """
-    flat = []
-    for k, layer in enumerate(layers):
-        if isinstance(layer, Network):
-            flat.extend(layer.layers)
-        elif isinstance(layer, Layer):
-            flat.append(layer)
-        else:
-            raise TypeError(f"serial: argument {k} is not a fastntk layer or network: {layer!r}")
-    return Network(flat)
+    return Network([one for k, layer in enumerate(layers) for one in _layers_of(layer, "serial", k)])
+
+
+def _layers_of(item, who: str, k: int) -> tuple:
+    """The layers of argument ``k`` of ``who``: a network's, or a layer alone."""
+    if isinstance(item, Network):
+        return item.layers
+    if isinstance(item, Layer):
+        return (item,)
+    raise TypeError(f"{who}: argument {k} is not a fastntk layer or network: {item!r}")
 
 
 def parallel(*layers) -> Parallel:
@@ -448,15 +440,7 @@ def parallel(*layers) -> Parallel:
     branches = []
     for k, layer in enumerate(layers):
         items = layer if isinstance(layer, list) else [layer]
-        branch = []
-        for item in items:
-            if isinstance(item, Network):
-                branch.extend(item.layers)
-            elif isinstance(item, Layer):
-                branch.append(item)
-            else:
-                raise TypeError(f"parallel: argument {k} is not a fastntk layer or network: {item!r}")
-        branches.append(tuple(branch))
+        branches.append(tuple(one for item in items for one in _layers_of(item, "parallel", k)))
     if not branches:
         raise ValueError("parallel: needs at least one branch (one layer or network per branch)")
     return Parallel(branches)
