@@ -11,11 +11,22 @@
 //     transposed into [j, i] for the mirror of a full-regime output).
 // Memory: a workspace of spatial_buffers(R) * max_entries doubles per kernel per thread
 // (O(R S^2) in the full regime), the records (N * point_stride doubles); never O(N^2 S^2).
+// The workspaces are anonymous memory maps: zero pages that become resident only where the
+// walk writes (a serial network never touches its spare buffers), returned to the system
+// when the call ends (a heap allocation of this size would stay in the process: glibc
+// raises its mmap threshold after the first free).
 #include "spatial_exec_cpu.hpp"  // must precede <cmath> users (vecmath.hpp)
 
 #include "spatial_gram_cpu.hpp"
 
 #include <omp.h>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#define FASTNTK_HAVE_MMAP 1
+#else
+#define FASTNTK_HAVE_MMAP 0
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -23,6 +34,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -36,17 +48,58 @@ namespace {
 
 using Index = std::int64_t;
 
+// n zero doubles whose pages become resident only when written (see Memory above).
+class ZeroPages {
+ public:
+  ZeroPages() = default;
+  explicit ZeroPages(Index n) : bytes_(static_cast<std::size_t>(n) * sizeof(double)) {
+    if (bytes_ == 0) return;
+#if FASTNTK_HAVE_MMAP
+    void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    data_ = static_cast<double*>(p);
+#else
+    data_ = new double[n]();
+#endif
+  }
+  ~ZeroPages() { release(); }
+  ZeroPages(ZeroPages&& o) noexcept : data_(o.data_), bytes_(o.bytes_) { o.data_ = nullptr; }
+  ZeroPages& operator=(ZeroPages&& o) noexcept {
+    if (this != &o) {
+      release();
+      data_ = o.data_;
+      bytes_ = o.bytes_;
+      o.data_ = nullptr;
+    }
+    return *this;
+  }
+  ZeroPages(const ZeroPages&) = delete;
+  ZeroPages& operator=(const ZeroPages&) = delete;
+  double* get() const { return data_; }
+
+ private:
+  void release() {
+    if (!data_) return;
+#if FASTNTK_HAVE_MMAP
+    munmap(data_, bytes_);
+#else
+    delete[] data_;
+#endif
+    data_ = nullptr;
+  }
+  double* data_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
 // One thread's buffers: the walk's workspace, Sigma and (if the NTK is wanted) Theta.
 struct Workspace {
-  std::unique_ptr<double[]> sigma, theta;
+  ZeroPages sigma, theta;
   SpatialWorkspace view{};
 };
 
 Workspace make_workspace(const SpatialProgramView& prog, bool ntk) {
-  Workspace w;
   const Index n = static_cast<Index>(spatial_buffers(prog.n_registers)) * prog.max_entries;
-  w.sigma = std::make_unique<double[]>(n);
-  if (ntk) w.theta = std::make_unique<double[]>(n);
+  Workspace w{ZeroPages(n), ZeroPages(ntk ? n : 0)};
   w.view = SpatialWorkspace{w.sigma.get(), w.theta.get(), prog.max_entries};
   return w;
 }
