@@ -381,6 +381,18 @@ FASTNTK_HD void linear(Exec& ex, const SpatialProgramView& prog, const SpatialLi
         os[e] = k.sm * s + k.b;
         if (Ntk) ot[e] = k.ts * s + k.tm * it[e] + k.e;
       });
+    } else if (op.src == op.dst) {
+      // The op replaces its own source: its passes alternate between spare 0 and the source's
+      // buffer (first spare 0: a pass never writes what it reads), so that a serial network
+      // touches two buffers, not three; the result lands in either.
+      int in = src;
+      for (int q = 0; q < count; ++q) {
+        const int out = q % 2 == 0 ? buf.spare[0] : src;
+        run_pass<Ntk>(ex, passes[q], sig(in), the(in), sig(out), the(out), q + 1 == count ? final_coef : PassCoef{1.0, 0.0, 0.0, 1.0, 0.0});
+        ex.sync();
+        in = out;
+      }
+      if (in == src) return;  // the register keeps its buffer
     } else {
       // Pass q writes spare (count - 1 - q) % 2, so that the last lands in spare 0.
       int in = src;
