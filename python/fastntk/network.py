@@ -322,13 +322,16 @@ class Network:
         ----------
         seed : int, numpy.random.SeedSequence or numpy.random.Generator
             The same seed gives the same parameters (a Generator is drawn from).
-        input_dim : int
-            Width d of the inputs.
+        input_dim : int or tuple of int
+            Width d of the inputs; for image networks the shape of one image,
+            ``(*spatial, C)`` (or Neural Tangents' ``(-1, *spatial, C)``).
 
         Returns
         -------
         list
-            One entry per layer: ``(W, b)`` for a Dense layer, ``W`` float64
+            One entry per layer (image and branched networks: Neural Tangents' layout, see
+            :mod:`fastntk._finite_spatial` — Conv filters HWIO, a list per parallel branch):
+            ``(W, b)`` for a Dense layer, ``W`` float64
             ``(fan_in, out_dim)`` and ``b`` float64 ``(out_dim,)`` (None when
             ``b_std=None``); ``()`` for every other layer. Drawn in layer order, W then b.
             ntk parameterization: W, b standard normal (the scales apply in
@@ -343,13 +346,15 @@ class Network:
         ----------
         params : list
             As returned by :meth:`init` (checked against the architecture).
-        x : array_like, shape (N, input_dim)
+        x : array_like, shape (N, input_dim) or (N, *spatial, C)
             Inputs, any real dtype (computed in float64). With CuPy params and x (all on one
-            device; not a mix of NumPy and CuPy) computed there, a CuPy array out.
+            device; not a mix of NumPy and CuPy) computed there, a CuPy array out (fully
+            connected networks only; image networks run on NumPy).
 
         Returns
         -------
-        numpy.ndarray, float64, shape (N, n_out)
+        numpy.ndarray, float64, shape (N, n_out) (or (N, *spatial, C) for a network
+        ending in an image)
         """
         return empirical.apply(self, params, x)
 
