@@ -158,7 +158,20 @@ def test_bad_arguments(client, x):
         fd.kernel_regression(net, x, np.ones(150), None, 0.0)
 
 
-def test_worker_without_fastntk_is_named(client, x):
+@pytest.fixture
+def fresh_client():
+    """A cluster of its own: no task, data or message of an earlier test can reach a worker
+    while fastntk is hidden there (unpickling it would break that worker's connection)."""
+    cluster = distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
+    )
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def test_worker_without_fastntk_is_named(fresh_client, x):
+    client = fresh_client
     net = to_fastntk(SPEC)
     victim = sorted(client.scheduler_info()["workers"])[0]
     client.run(_hide_fastntk, workers=[victim])
