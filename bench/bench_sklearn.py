@@ -24,7 +24,10 @@ GP kernels' gradients, and the estimators' one-pass depth sweep.
    (the exact global maximum of the likelihood from one reduction of the kernel's pencil)
    vs ``GaussianProcessRegressor(skntk.NeuralTangentKernel(depth, bias=0.1), alpha=1e-2,
    normalize_y=True).fit`` (scikit-learn's default L-BFGS-B from bias 0.1, same bounds),
-   same data as section 1, best of 2 fits each, alternating; the fitted biases, the log
+   same data as section 1, alternating, each fit after a 0.5 s pause (PAUSE_S), best of
+   ``--repeat`` (3) each and the median ratio of the pairs; scikit-learn + scikit-ntk run in
+   a worker process (bench/_skntk_worker.py) under ``--skntk-python``, the Python of their own
+   virtual environment (their numbers are theirs alone); the fitted biases, the log
    marginal likelihoods they reach, and the largest relative difference of the predictions
    (mean and std at the M test points) against scikit-learn's GP with scikit-ntk's kernel
    fixed at our bias (``optimizer=None``) and against scikit-learn's own fit.
@@ -36,7 +39,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import skntk
@@ -235,64 +243,104 @@ def _rel(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(b)))
 
 
-def section_fit(n, d, m, depths, repeat=2):
+# Each timed fit of section 4 starts after this pause: OpenBLAS threads keep spinning for
+# about 0.1 s after a call, and a fit that starts while the other library's threads still
+# spin on the same cores runs slower (up to ~20% for ours here). With the pause, neither
+# fit inherits the other's.
+PAUSE_S = 0.5
+
+
+class SkntkWorker:
+    """scikit-ntk's fit in its own interpreter (bench/_skntk_worker.py), usually the Python
+    of its own virtual environment; one JSON command per line."""
+
+    def __init__(self, python: str, data: Path):
+        self.python = python
+        self.proc = subprocess.Popen(
+            [python, str(Path(__file__).with_name("_skntk_worker.py")), str(data)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the scikit-ntk worker ({self.python}) died; see its stderr above")
+        return json.loads(line)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+
+
+def section_fit(n, d, m, depths, repeat=3, peer_python=None):
     x, y, xt = data(n, d, m)
     rows, records = [], []
-    for depth in depths:
-        runs = {"theirs": [], "ours": []}
-        for _ in range(repeat):  # alternating: both see the same load
-            gc.collect()
-            gp = GaussianProcessRegressor(
-                skntk.NeuralTangentKernel(depth, bias=0.1), alpha=1e-2, normalize_y=True
-            )
-            t = time.perf_counter()
-            gp.fit(x, y)
-            runs["theirs"].append((time.perf_counter() - t, gp))
-            gc.collect()
-            est = NTKGaussianProcessRegressor(depth, bias=0.1, alpha=1e-2, normalize_y=True)
-            t = time.perf_counter()
-            est.fit(x, y)
-            runs["ours"].append((time.perf_counter() - t, est))
-        fit_t, gp = min(runs["theirs"], key=lambda r: r[0])
-        fit_o, est = min(runs["ours"], key=lambda r: r[0])
-        bias_t, bias_o = float(gp.kernel_.bias), float(est.bias_)
-        lml_t, lml_o = float(gp.log_marginal_likelihood_value_), float(est.log_marginal_likelihood_value_)
-        # scikit-learn's likelihood at our bias (its own Cholesky), to check ours is not
-        # higher only by our own arithmetic.
-        lml_sk_at_ours = float(gp.log_marginal_likelihood(np.log([bias_o])))
-        fixed = GaussianProcessRegressor(
-            skntk.NeuralTangentKernel(depth, bias=bias_o, bias_bounds="fixed"),
-            alpha=1e-2,
-            normalize_y=True,
-            optimizer=None,
-        ).fit(x, y)
-        mean_o, std_o = est.predict(xt, return_std=True)
-        mean_f, std_f = fixed.predict(xt, return_std=True)
-        mean_t, std_t = gp.predict(xt, return_std=True)
-        same_bias = max(_rel(mean_o, mean_f), _rel(std_o, std_f))
-        vs_fit = max(_rel(mean_o, mean_t), _rel(std_o, std_t))
-        rec = dict(
-            n=n, d=d, m=m, depth=depth, fit_s=(fit_t, fit_o), ratio=fit_t / fit_o, bias=(bias_t, bias_o),
-            bias_rel_diff=abs(bias_o - bias_t) / bias_t, lml=(lml_t, lml_o), sklearn_lml_at_our_bias=lml_sk_at_ours,
-            predict_rel_diff_same_bias=same_bias, predict_rel_diff_vs_sklearn_fit=vs_fit,
-        )  # fmt: skip
-        records.append(rec)
-        rows.append(
-            [
-                depth,
-                f"{fit_t:.2f} / {fit_o:.2f} = {fit_t / fit_o:.1f}x",
-                f"{bias_t:.9g} / {bias_o:.9g}",
-                f"{rec['bias_rel_diff']:.1e}",
-                f"{lml_o - lml_t:+.1e}",
-                f"{lml_sk_at_ours - lml_t:+.1e}",
-                f"{same_bias:.0e}",
-                f"{vs_fit:.0e}",
-            ]
-        )
-        print(rows[-1], flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "data.npz"
+        np.savez(path, x=x, y=y, xt=xt)
+        worker = SkntkWorker(peer_python or sys.executable, path)
+        try:
+            for depth in depths:
+                theirs, ours = [], []
+                for _ in range(repeat):  # alternating: both see the same load
+                    time.sleep(PAUSE_S)
+                    theirs.append(worker.ask(cmd="fit", depth=depth))
+                    gc.collect()
+                    time.sleep(PAUSE_S)
+                    est = NTKGaussianProcessRegressor(depth, bias=0.1, alpha=1e-2, normalize_y=True)
+                    t = time.perf_counter()
+                    est.fit(x, y)
+                    ours.append((time.perf_counter() - t, est))
+                times_t = [r["seconds"] for r in theirs]
+                times_o = [r[0] for r in ours]
+                fit_t, fit_o = min(times_t), min(times_o)
+                ratios = [a / b for a, b in zip(times_t, times_o)]
+                est = ours[0][1]
+                bias_t, bias_o = theirs[-1]["bias"], float(est.bias_)
+                lml_t, lml_o = theirs[-1]["lml"], float(est.log_marginal_likelihood_value_)
+                # scikit-learn's likelihood at our bias (its own Cholesky), to check ours is
+                # not higher only by our own arithmetic; and its predictions there.
+                save = Path(tmp) / f"pred{depth}.npz"
+                check = worker.ask(cmd="check", depth=depth, bias=bias_o, save=str(save))
+                pred = np.load(save)
+                mean_o, std_o = est.predict(xt, return_std=True)
+                same_bias = max(_rel(mean_o, pred["mean_f"]), _rel(std_o, pred["std_f"]))
+                vs_fit = max(_rel(mean_o, pred["mean_t"]), _rel(std_o, pred["std_t"]))
+                rec = dict(
+                    n=n, d=d, m=m, depth=depth, fit_s=(fit_t, fit_o), ratio=fit_t / fit_o,
+                    fit_s_all=dict(theirs=times_t, ours=times_o), ratio_median=float(np.median(ratios)),
+                    ratio_min=float(min(ratios)), bias=(bias_t, bias_o), bias_rel_diff=abs(bias_o - bias_t) / bias_t,
+                    lml=(lml_t, lml_o), sklearn_lml_at_our_bias=check["lml_at_bias"],
+                    predict_rel_diff_same_bias=same_bias, predict_rel_diff_vs_sklearn_fit=vs_fit,
+                    peer=dict(executable=worker.python, **theirs[-1]["versions"]),
+                )  # fmt: skip
+                records.append(rec)
+                rows.append(
+                    [
+                        depth,
+                        f"{fit_t:.2f} / {fit_o:.3f} = {fit_t / fit_o:.1f}x",
+                        f"{np.median(ratios):.1f}x ({min(ratios):.1f}-{max(ratios):.1f})",
+                        f"{bias_t:.9g} / {bias_o:.9g}",
+                        f"{rec['bias_rel_diff']:.1e}",
+                        f"{lml_o - lml_t:+.1e}",
+                        f"{check['lml_at_bias'] - lml_t:+.1e}",
+                        f"{same_bias:.0e}",
+                        f"{vs_fit:.0e}",
+                    ]
+                )
+                print(rows[-1], flush=True)
+        finally:
+            worker.close()
     headers = [
         "depth",
-        "fit s (scikit-learn + scikit-ntk / ours)",
+        f"fit s, best of {repeat} (scikit-learn + scikit-ntk / ours)",
+        "ratio per pair: median (range)",
         "fitted bias (scikit-learn / ours)",
         "bias rel diff",
         "lml ours - theirs",
@@ -309,6 +357,12 @@ def main():
     ap.add_argument("--json", default="sklearn.json", help="file name under bench/results")
     ap.add_argument("--depths", type=int, nargs="+", help="depths of section 1 (default 1 3 5)")
     ap.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 4], help="which sections to run")
+    ap.add_argument(
+        "--skntk-python",
+        help="section 4: the Python of scikit-ntk's own virtual environment (scikit-learn, scikit-ntk; "
+        "default: this one)",
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="section 4: fits of each library per depth")
     args = ap.parse_args()
     n, d, m = (500, 64, 200) if args.quick else (2000, 64, 500)
     depths = (3,) if args.quick else (1, 3, 5)
@@ -320,7 +374,7 @@ def main():
         ("scikit-ntk", lambda: section_skntk(n, d, m, depths)),
         ("gp_kernels", lambda: section_gp_kernels(n, d)),
         ("depth_sweep", lambda: section_sweep(n, d, tuple(range(1, 9)))),
-        ("fit", lambda: section_fit(n, d, m, depths)),
+        ("fit", lambda: section_fit(n, d, m, depths, args.repeat, args.skntk_python)),
     )
     tables = []
     for number, (name, run) in enumerate(sections, start=1):

@@ -120,55 +120,163 @@ def test_log_marginal_likelihood_matches_sklearn(depth, normalize_y, n_out, alph
         assert abs(grad[0] - ref_grad[0]) <= LML_RTOL * (abs(ref_value) + len(x)), beta
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 60])
-def test_pencil_pivots_match_dense_linear_algebra(n, rng):
-    # The native pivot recurrence against dense NumPy on M(t) = I + (t - 1) T: log|M|
-    # (slogdet), r_1 = 1 / (M^-1)_11, and the exact derivatives in t:
-    # d log|M| / dt = tr(M^-1 T), d r_1 / dt = (M^-1 T M^-1)_11 / (M^-1)_11^2.
-    # T's spectrum lies in (0, 1) like the reduced pencil's, plus a t where M is indefinite.
+def _band_array(mat, kd):
+    """LAPACK's lower band layout read in C order: band[j, k] = mat[j + k, j]."""
+    n = mat.shape[0]
+    band = np.zeros((n, kd + 1))
+    for k in range(min(kd + 1, n)):
+        band[: n - k, k] = np.diagonal(mat, -k)
+    return band
+
+
+@pytest.mark.parametrize("n, kd", [(1, 1), (2, 1), (7, 1), (60, 1), (5, 3), (40, 4), (33, 32), (7, 10), (300, 32)])
+def test_pencil_pivots_match_dense_linear_algebra(n, kd, rng):
+    # The native elimination against dense NumPy on M(t) = I + (t - 1) B, B a symmetric band
+    # with kd sub-diagonals: log|M| (slogdet), r_1 = 1 / (M^-1)_11, and the exact
+    # derivatives in t: d log|M| / dt = tr(M^-1 B), d r_1 / dt = (M^-1 B M^-1)_11 / (M^-1)_11^2.
+    # B's spectrum lies in (0, 1) like the reduced pencil's (a tridiagonal B from the
+    # Hessenberg form of such a matrix, a wider band from its eigenvalues and a random band
+    # rotation), plus t where M is indefinite.
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    t_mat = (q * rng.uniform(0.05, 0.95, n)) @ q.T
-    # Tridiagonal form (the Hessenberg form of a symmetric matrix is tridiagonal).
-    h = scipy.linalg.hessenberg(t_mat)
-    d, e = np.diagonal(h).copy(), np.diagonal(h, -1).copy()
-    tri = np.diag(d) + np.diag(e, 1) + np.diag(e, -1)
-    ts = np.array([0.01, 0.5, 1.0, 3.0, 40.0, -30.0])
-    ok, logdet, r1, dlogdet, dr1 = _engine.pencil_pivots(d, e, ts - 1.0, derivatives=True)
-    ok2, logdet2, r12 = _engine.pencil_pivots(d, e, ts - 1.0)
+    full = (q * rng.uniform(0.05, 0.95, n)) @ q.T
+    if kd == 1:
+        mat = scipy.linalg.hessenberg(full)
+        mat = np.triu(np.tril(mat, 1), -1)
+        mat = (mat + mat.T) / 2
+    else:
+        mat = np.triu(np.tril(full, kd), -kd)  # a band part: its spectrum is not in (0, 1)
+    ts = np.array([0.01, 0.5, 1.0, 3.0, 40.0, -30.0, 1e-9])
+    band = _band_array(mat, kd)
+    ok, logdet, r1, dlogdet, dr1 = _engine.pencil_pivots(band, ts - 1.0, derivatives=True)
+    ok2, logdet2, r12 = _engine.pencil_pivots(band, ts - 1.0)
+    checked = 0
     for g, t in enumerate(ts):
-        m = np.eye(n) + (t - 1.0) * tri
+        m = np.eye(n) + (t - 1.0) * mat
         positive = bool(np.all(np.linalg.eigvalsh(m) > 0))
         assert ok[g] == ok2[g] == positive
         if not positive:
             continue
+        checked += 1
         inv = np.linalg.inv(m)
-        assert logdet[g] == pytest.approx(np.linalg.slogdet(m)[1], rel=1e-12, abs=1e-12)
-        assert r1[g] == pytest.approx(1.0 / inv[0, 0], rel=1e-12)
-        assert dlogdet[g] == pytest.approx(np.trace(inv @ tri), rel=1e-10, abs=1e-12)
-        assert dr1[g] == pytest.approx((inv @ tri @ inv)[0, 0] / inv[0, 0] ** 2, rel=1e-10, abs=1e-12)
+        assert logdet[g] == pytest.approx(np.linalg.slogdet(m)[1], rel=1e-11, abs=1e-11)
+        assert r1[g] == pytest.approx(1.0 / inv[0, 0], rel=1e-11)
+        assert dlogdet[g] == pytest.approx(np.trace(inv @ mat), rel=1e-9, abs=1e-10)
+        assert dr1[g] == pytest.approx((inv @ mat @ inv)[0, 0] / inv[0, 0] ** 2, rel=1e-9, abs=1e-10)
         assert (logdet2[g], r12[g]) == (logdet[g], r1[g])
+    assert checked >= 3
 
 
-def test_likelihood_two_stage_and_fallback_reductions_agree(monkeypatch):
-    """The two-stage reduction (used from N = 256 on; forced here) and SciPy's dsytrd give
-    the same likelihood, both equal to scikit-learn's."""
+def test_pencil_pivots_threads_and_blocks_bit_identical(rng):
+    """Any thread count and any position of a value in the grid (its block of 8 and lane)
+    give the same bits."""
+    n, kd = 200, 6
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    band = _band_array((q * rng.uniform(0.05, 0.95, n)) @ q.T, kd)
+    tm1 = np.exp(rng.uniform(-8, 8, 37)) - 1.0
+    before = _engine.get_num_threads()
+    try:
+        _engine.set_num_threads(1)
+        one = _engine.pencil_pivots(band, tm1, derivatives=True)
+        _engine.set_num_threads(2)
+        two = _engine.pencil_pivots(band, tm1, derivatives=True)
+        shifted = _engine.pencil_pivots(band, np.concatenate(([0.3, 2.0, 5.0], tm1)), derivatives=True)
+    finally:
+        _engine.set_num_threads(before)
+    for a, b, c in zip(one, two, shifted):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c[3:])
+
+
+def test_pencil_pivots_rejects_bad_band():
+    with pytest.raises(ValueError, match=r"band must be 2-D \(n, kd \+ 1\)"):
+        _engine.pencil_pivots(np.ones(5), np.zeros(2))
+    with pytest.raises(ValueError, match=r"kd >= 1"):
+        _engine.pencil_pivots(np.ones((5, 1)), np.zeros(2))
+
+
+@pytest.mark.parametrize("kd", [1, 3, 16, 40])
+def test_band_reduction_is_an_orthogonal_similarity_fixing_e1(kd, rng):
+    """Every dsytrd_sy2sb found (SciPy's LAPACK, fastntk's OpenBLAS): the band has the
+    matrix's eigenvalues, keeps its first column's (1, 1) entry and norm (Z e_1 = e_1), has
+    zeros past the matrix and leaves the upper triangle of the Fortran array alone (the fit
+    rebuilds the kernel from it)."""
+    routines = gp_exact._band_routines()
+    if not routines:
+        pytest.skip("no dsytrd_sy2sb in this LAPACK")
+    n = 120
+    sym = rng.standard_normal((n, n))
+    sym = sym + sym.T
+    upper = np.triu_indices(n, 1)
+    for routine in routines:
+        c = np.asfortranarray(sym.copy())
+        c[upper] = -5.0  # not read: only the lower triangle holds the matrix
+        band = gp_exact._band_reduction(c, kd, routine)
+        assert band.shape == (n, kd + 1)
+        assert np.all(c[upper] == -5.0)
+        for k in range(1, kd + 1):
+            assert np.all(band[n - k :, k] == 0.0)
+        full = np.zeros((n, n))
+        for k in range(kd + 1):
+            full += np.diag(band[: n - k, k], -k)
+        full = full + np.tril(full, -1).T
+        scale = np.max(np.abs(np.linalg.eigvalsh(sym)))
+        np.testing.assert_allclose(np.linalg.eigvalsh(full), np.linalg.eigvalsh(sym), atol=1e-12 * scale)
+        assert band[0, 0] == pytest.approx(sym[0, 0], abs=1e-13 * scale)
+        assert np.linalg.norm(full[:, 0]) == pytest.approx(np.linalg.norm(sym[:, 0]), rel=1e-12)
+
+
+def test_likelihood_band_and_fallback_reductions_agree(monkeypatch):
+    """The band reduction (LAPACK's dsytrd_sy2sb, used from N = 256 on; forced here, with
+    a band as wide as 32 and with one of 3) and SciPy's tridiagonal dsytrd give the same
+    likelihood, each equal to scikit-learn's."""
     x, y, _ = _data(7, n=150)
     ref = _sklearn_gp(3, 0.1, x, y, 1e-2, True)
     thetas = np.log([0.02, 0.9, 30.0])
     results = {}
-    for name in ("two_stage", "dsytrd"):
-        if name == "two_stage":
-            if gp_exact._openblas_two_stage() is None:
-                pytest.skip("this OpenBLAS has no dsytrd_2stage")
-            monkeypatch.setattr(gp_exact, "_TWO_STAGE_MIN_N", 1)
+    if not gp_exact._band_routines():
+        pytest.skip("no dsytrd_sy2sb in this LAPACK")
+    for name in ("band", "band3", "dsytrd"):
+        if name.startswith("band"):
+            monkeypatch.setattr(gp_exact, "_BAND_MIN_N", 1)
+            monkeypatch.setattr(gp_exact, "_BAND_KD", 32 if name == "band" else 3)
         else:
-            monkeypatch.setattr(gp_exact, "_TWO_STAGE_MIN_N", 10**9)
+            monkeypatch.setattr(gp_exact, "_BAND_MIN_N", 10**9)
         est = NTKGaussianProcessRegressor(3, alpha=1e-2, normalize_y=True).fit(x, y)
         results[name] = est.log_marginal_likelihood_value_
         for theta in thetas:
             ref_value = ref.log_marginal_likelihood([theta])
             assert abs(est.log_marginal_likelihood([theta]) - ref_value) <= LML_RTOL * abs(ref_value)
-    assert abs(results["two_stage"] - results["dsytrd"]) <= LML_RTOL * abs(results["dsytrd"])
+    for name in ("band", "band3"):
+        assert abs(results[name] - results["dsytrd"]) <= LML_RTOL * abs(results["dsytrd"])
+
+
+def test_rejected_band_result_rebuilds_the_pencil(monkeypatch):
+    """When the band reduction's result fails its checks, after it has written over the
+    reduced pencil, the fit rebuilds the pencil from the triangles LAPACK did not touch and
+    reduces it again with dsytrd: the same likelihood and predictions as scikit-learn at the
+    same bias, and the same fit as without the failure."""
+    x, y, xt = _data(5, n=300)
+    calls = []
+
+    def corrupting(c, kd):
+        calls.append(c.shape)
+        c[np.tril_indices(c.shape[0])] = 7.0  # what a failed call could leave behind
+        return _band_array(np.eye(c.shape[0]) * 0.5, kd)
+
+    good = NTKGaussianProcessRegressor(2, alpha=1e-2, normalize_y=True).fit(x, y)
+    monkeypatch.setattr(gp_exact, "_BAND_MIN_N", 1)
+    monkeypatch.setattr(gp_exact, "_band_reduction", corrupting)
+    est = NTKGaussianProcessRegressor(2, alpha=1e-2, normalize_y=True).fit(x, y)
+    assert calls == [(300, 300)]
+    assert est.bias_ == pytest.approx(good.bias_, rel=1e-9)
+    ref = _sklearn_gp(2, est.bias_, x, y, 1e-2, True, fixed=True)
+    assert abs(est.log_marginal_likelihood_value_ - ref.log_marginal_likelihood_value_) <= LML_RTOL * abs(
+        ref.log_marginal_likelihood_value_
+    )
+    mean, std = est.predict(xt, return_std=True)
+    ref_mean, ref_std = ref.predict(xt, return_std=True)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-9, atol=1e-9 * np.max(np.abs(ref_mean)))
+    np.testing.assert_allclose(std, ref_std, rtol=1e-8, atol=1e-9 * np.max(ref_std))
 
 
 # ---------------------------------------------------------------------------------------

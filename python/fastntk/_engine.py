@@ -530,11 +530,14 @@ def matmul(a, b, alpha: float, trans_b: bool = False) -> np.ndarray:
     return out
 
 
-def pencil_pivots(d: np.ndarray, e: np.ndarray, tm1: np.ndarray, derivatives: bool = False) -> tuple:
-    """``_core.pencil_pivots``: for M(t) = I + (t - 1) T (T tridiagonal: diagonal d,
-    off-diagonal e) at each tm1 = t - 1, (ok, log|M|, r_1) and with ``derivatives`` also
-    (d log|M|/dt, d r_1/dt); ok (bool) says M is positive definite, (M^-1)_11 = 1 / r_1."""
-    out = _core.pencil_pivots(d, e, np.ascontiguousarray(tm1, dtype=np.float64), derivatives)
+def pencil_pivots(band: np.ndarray, tm1: np.ndarray, derivatives: bool = False) -> tuple:
+    """``_core.pencil_pivots``: for M(t) = I + (t - 1) B, B symmetric band given as
+    ``band[j, k] = B[j + k, j]`` ((n, kd + 1), kd >= 1: LAPACK's lower band array read in C
+    order; for a tridiagonal B the rows are (d_j, e_j), the last e ignored), at each
+    tm1 = t - 1: (ok, log|M|, r_1) and with ``derivatives`` also (d log|M|/dt, d r_1/dt);
+    ok (bool) says M is positive definite, (M^-1)_11 = 1 / r_1. Runs on
+    :func:`get_num_threads` threads."""
+    out = _core.pencil_pivots(band, np.ascontiguousarray(tm1, dtype=np.float64), derivatives, get_num_threads())
     return (out[0].astype(bool),) + tuple(out[1:])
 
 

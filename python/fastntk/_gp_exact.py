@@ -18,15 +18,26 @@ A' + beta^2 B' = G + (t - 1) H with t = beta^2 / s, and with G = L L^T,
 
     G + (t - 1) H = L Z (I + (t - 1) T) Z^T L^T,
 
-where Z T Z^T = L^-1 H L^-T (the Cholesky-reduced pencil) and T is tridiagonal: one O(N^3)
-reduction, after which log|K + alpha I| and y^T (K + alpha I)^-1 y cost O(N) for every
-beta (a tridiagonal factorization of I + (t - 1) T against Z^T L^-1 y; T's eigenvalues lie
-in [0, 1] in exact arithmetic since 0 <= H <= G, so it is positive definite for every
-t > 0), and so does their derivative. For one target the
-reduction needs no Z at all: a Householder reflection first maps L^-1 y onto e_1, and the
-tridiagonal reduction leaves e_1 in place (its reflectors act on rows 2..N), so Z^T L^-1 y
-= |L^-1 y| e_1. That lets the faster two-stage reduction (LAPACK dsytrd_2stage, which
-does not form Z) do the work; several targets take a dense eigendecomposition instead.
+where Z T Z^T = L^-1 H L^-T (the Cholesky-reduced pencil, LAPACK's dsygst) and T is a
+band matrix with kd = 16 sub-diagonals (Z orthogonal): one O(N^3) reduction, LAPACK's
+dsytrd_sy2sb, the first stage of its two-stage tridiagonalization, all matrix-matrix work.
+(Its second stage, band to tridiagonal, runs on one thread and costs more than all the
+likelihood evaluations of the fit below.) After it, log|K + alpha I| and
+y^T (K + alpha I)^-1 y cost O(N kd^2) for every beta, from the symmetric elimination of
+I + (t - 1) T from the last row up (native, vectorized over a batch of t; T's eigenvalues
+lie in [0, 1] in exact arithmetic since 0 <= H <= G, so it is positive definite for every
+t > 0), and so do their derivatives (forward mode). For one target the reduction needs no
+Z at all: a Householder reflection first maps L^-1 y onto e_1, and the band reduction
+leaves e_1 in place (its reflectors act on rows kd + 1..N), so Z^T L^-1 y = |L^-1 y| e_1
+and y^T (K + alpha I)^-1 y is |L^-1 y|^2 (M^-1)_11, the reciprocal of the last pivot.
+Several targets take a dense eigendecomposition instead (T diagonal). Below N = 256, and
+wherever sy2sb is missing or its result fails the checks, SciPy's dsytrd gives a
+tridiagonal T (kd = 1) and the same elimination.
+
+The reduction works in place: G over A', H over B', each through its transpose (a Fortran
+view); LAPACK writes only that view's lower triangle, so the other keeps G and H, from which
+K(beta) + alpha I is rebuilt at the fitted bias for the final Cholesky factorization. The fit
+holds two N x N arrays (the kernel's two parts) and LAPACK's workspaces, no copies.
 
 The log marginal likelihood is then a cheap, exact function of theta = log(beta) on the
 bounds, and its global maximum is found by a dense grid (every local maximum of the grid
@@ -65,8 +76,12 @@ _BIAS_MIN, _BIAS_MAX = 1e-100, 1e100
 _GRID_STEP = 0.05
 _GRID_MIN, _GRID_MAX = 65, 4001
 _REFINE = 8  # local maxima of the grid refined (the highest first)
-# Below this size the single-stage reduction is as fast and needs no foreign call.
-_TWO_STAGE_MIN_N = 256
+# Below this size the single-stage tridiagonal reduction is as fast and needs no foreign call.
+_BAND_MIN_N = 256
+# Sub-diagonals of the band. Measured at N = 2000 (2 cores): sy2sb takes 0.28 s at kd = 8,
+# 0.19-0.20 s at 12-16 and 0.18 s at 24-32, and each likelihood evaluation costs
+# N kd^2 / 2 multiply-adds (the 461-point grid: 12 ms at kd = 16, 39 ms at kd = 32).
+_BAND_KD = 16
 
 
 # ---------------------------------------------------------------------------------------
@@ -94,82 +109,124 @@ def ntk_parts(a: np.ndarray, depth: int):
 
 
 # ---------------------------------------------------------------------------------------
-# The tridiagonal reduction
+# The band reduction
 
 
-def _openblas_two_stage():
-    """(dsytrd_2stage, set_num_threads) from fastntk's own OpenBLAS (the scipy-openblas32
-    package, already loaded by ``import fastntk``), or None where it lacks them. SciPy does
-    not wrap the two-stage reduction; it is about twice as fast as dsytrd at N = 2000 (its
-    first stage is matrix-matrix work, where dsytrd spends half its flops in matrix-vector
-    products)."""
+def _band_routines() -> list:
+    """The dsytrd_sy2sb routines found, best first, each (fn, set_num_threads or None).
+    SciPy does not wrap this routine: the first stage of LAPACK's two-stage tridiagonal
+    reduction, a symmetric matrix to a band by orthogonal similarity, all matrix-matrix work
+    (dsytrd spends half its flops in matrix-vector products).
+
+    First: the LAPACK that scipy.linalg.lapack itself calls (looked up through its extension
+    module's dependencies), so that the reduction runs in the same OpenBLAS instance, with
+    the same threads, as the Cholesky factorizations and dsygst around it. Two instances back
+    to back slow each other down: one's threads keep spinning for a while after its call
+    while the other's work (25-50% slower here). Then fastntk's own OpenBLAS (the
+    scipy-openblas32 package, already loaded by ``import fastntk``), run with fastntk's
+    thread count."""
+    found = []
+    try:
+        from scipy.linalg import _flapack
+
+        lib = ctypes.CDLL(_flapack.__file__)
+        for name in ("scipy_dsytrd_sy2sb_", "dsytrd_sy2sb_"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = None
+                found.append((fn, None))
+                break
+    except (ImportError, OSError):
+        pass
     try:
         import scipy_openblas32
 
         lib = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(True)))
-        fn = lib.scipy_dsytrd_2stage_
+        fn = lib.scipy_dsytrd_sy2sb_
         threads = getattr(lib, "scipy_openblas_set_num_threads", None)
     except (ImportError, OSError, AttributeError):
-        return None
+        return found
     fn.restype = None
     if threads is not None:
         threads.restype = None
         threads.argtypes = [ctypes.c_int]
-    return fn, threads
+    found.append((fn, threads))
+    return found
 
 
-_two_stage = None
-_two_stage_loaded = False
+_sy2sb = None
+_sy2sb_loaded = False
 
 
-def _tridiagonal_two_stage(c: np.ndarray):
-    """(d, e) of the tridiagonal T = Z^T C Z from the lower triangle of the Fortran-ordered
-    symmetric c (overwritten), with Z e_1 = e_1; None when the two-stage routine is missing
-    or reports an error."""
-    global _two_stage, _two_stage_loaded
-    if not _two_stage_loaded:
-        _two_stage, _two_stage_loaded = _openblas_two_stage(), True
-    if _two_stage is None:
+def _band_reduction(c: np.ndarray, kd: int, routine=None):
+    """The band B = Z^T C Z (kd sub-diagonals) of the lower triangle of the Fortran-ordered
+    symmetric c (overwritten), with Z e_1 = e_1, as an (n, kd + 1) C array
+    ``band[j, k] = B[j + k, j]`` (entries past the matrix zero); None when no routine is
+    found or it reports an error. ``routine``: one of :func:`_band_routines` (default: the
+    first)."""
+    global _sy2sb, _sy2sb_loaded
+    if routine is None:
+        if not _sy2sb_loaded:
+            routines = _band_routines()
+            _sy2sb, _sy2sb_loaded = (routines[0] if routines else None), True
+        routine = _sy2sb
+    if routine is None:
         return None
-    fn, set_threads = _two_stage
+    fn, set_threads = routine
     n = c.shape[0]
-    d, e, tau = np.empty(n), np.empty(max(n - 1, 1)), np.empty(max(n - 1, 1))
-    info, nn = ctypes.c_int(0), ctypes.c_int(n)
+    ab = np.zeros((kd + 1, n), order="F")  # LAPACK's band array, LDAB = kd + 1
+    tau = np.empty(max(n - kd, 1))
+    info = ctypes.c_int(0)
     ptr = ctypes.POINTER(ctypes.c_double)
 
-    def call(hous, lhous, work, lwork):
-        # Fortran: DSYTRD_2STAGE(VECT, UPLO, N, A, LDA, D, E, TAU, HOUS2, LHOUS2, WORK,
-        # LWORK, INFO), then the hidden lengths of the two character arguments.
-        fn(b"N", b"L", ctypes.byref(nn), c.ctypes.data_as(ptr), ctypes.byref(nn), d.ctypes.data_as(ptr),
-           e.ctypes.data_as(ptr), tau.ctypes.data_as(ptr), hous.ctypes.data_as(ptr), ctypes.byref(ctypes.c_int(lhous)),
-           work.ctypes.data_as(ptr), ctypes.byref(ctypes.c_int(lwork)), ctypes.byref(info), ctypes.c_size_t(1),
+    def call(work, lwork):
+        # Fortran: DSYTRD_SY2SB(UPLO, N, KD, A, LDA, AB, LDAB, TAU, WORK, LWORK, INFO), then
+        # the hidden length of the character argument.
+        fn(b"L", ctypes.byref(ctypes.c_int(n)), ctypes.byref(ctypes.c_int(kd)), c.ctypes.data_as(ptr),
+           ctypes.byref(ctypes.c_int(n)), ab.ctypes.data_as(ptr), ctypes.byref(ctypes.c_int(kd + 1)),
+           tau.ctypes.data_as(ptr), work.ctypes.data_as(ptr), ctypes.byref(ctypes.c_int(lwork)), ctypes.byref(info),
            ctypes.c_size_t(1))  # fmt: skip
 
-    query_h, query_w = np.zeros(1), np.zeros(1)
-    call(query_h, -1, query_w, -1)
+    query = np.zeros(1)
+    call(query, -1)
     if info.value != 0:
         return None
-    lhous, lwork = max(int(query_h[0]), 1), max(int(query_w[0]), 1)
-    # fastntk keeps this OpenBLAS single-threaded (its drivers call it from OpenMP threads,
-    # and set it back to one thread before each call); the reduction runs alone, with
-    # fastntk's thread count.
+    lwork = max(int(query[0]), 1)
+    # fastntk keeps its own OpenBLAS single-threaded (its drivers call it from OpenMP
+    # threads, and set it back to one thread before each call); there the reduction runs
+    # alone, with fastntk's thread count.
     if set_threads is not None:
         set_threads(_engine.get_num_threads())
     try:
-        call(np.empty(lhous), lhous, np.empty(lwork), lwork)
+        call(np.empty(lwork), lwork)
     finally:
         if set_threads is not None:
             set_threads(1)
     if info.value != 0:
         return None
-    return d, e[: n - 1].copy()
+    band = ab.T  # (n, kd + 1), C-contiguous: band[j, k] = B[j + k, j]
+    for k in range(1, kd + 1):
+        band[max(n - k, 0) :, k] = 0.0
+    return band
 
 
-def _tridiagonal(c: np.ndarray):
-    """(d, e): the diagonal and subdiagonal of T = Z^T C Z with Z e_1 = e_1, from the lower
-    triangle of the Fortran-ordered symmetric c (overwritten)."""
+def _tridiagonal_band(d: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """The (n, 2) band array of a tridiagonal matrix (diagonal d, off-diagonal e)."""
+    band = np.zeros((d.shape[0], 2))
+    band[:, 0] = d
+    band[:-1, 1] = e
+    return band
+
+
+def _banded(make):
+    """The band array (n, kd + 1) of B = Z^T C Z with Z e_1 = e_1 (see _band_reduction),
+    where ``make()`` writes the symmetric C into the lower triangle of a Fortran array and
+    returns it (which the reduction overwrites); called a second time only when the band
+    reduction's result fails the checks below. Small matrices, and any failure, take
+    SciPy's dsytrd (a tridiagonal B, kd = 1)."""
+    c = make()
     n = c.shape[0]
-    if n >= _TWO_STAGE_MIN_N:
+    if n >= _BAND_MIN_N:
         # Trace and squared Frobenius norm of the symmetric matrix (its lower triangle, by
         # column blocks), kept to check the foreign call's result: both are invariant under
         # the orthogonal reduction.
@@ -178,25 +235,47 @@ def _tridiagonal(c: np.ndarray):
         # LAPACK's dlantr: the Frobenius norm of the lower triangle, one pass, no copy.
         lower_norm = float(_lapack.dlantr("F", c, uplo="L", diag="N"))
         frob2 = 2.0 * lower_norm * lower_norm - float(np.einsum("i,i->", np.diagonal(c), np.diagonal(c)))
-        got = _tridiagonal_two_stage(c.copy(order="F"))
-        if got is not None:
-            d, e = got
+        band = _band_reduction(c, _BAND_KD)
+        if band is not None:
             # An orthogonal reduction keeps both to round-off: a few ulps of the norm
             # per entry, far below these bounds.
             norm = math.sqrt(max(frob2, 1e-300))
-            # Z e_1 = e_1 (what the one-target likelihood relies on) implies T's first
-            # column is Z^T C e_1: T_11 = C_11 and |T e_1| = |C e_1|.
+            diag, off = band[:, 0], band[:, 1:]
+            # Z e_1 = e_1 (what the one-target likelihood relies on) implies B's first
+            # column is Z^T C e_1: B_11 = C_11 and |B e_1| = |C e_1|.
             if (
-                abs(float(d.sum()) - trace) <= 1e-10 * norm * math.sqrt(n)
-                and abs(float(d @ d) + 2.0 * float(e @ e) - frob2) <= 1e-10 * norm * norm
-                and abs(float(d[0]) - c00) <= 1e-10 * norm
-                and abs(float(d[0]) ** 2 + float(e[0]) ** 2 - col0) <= 1e-10 * norm * norm
+                abs(float(diag.sum()) - trace) <= 1e-10 * norm * math.sqrt(n)
+                and abs(float(diag @ diag) + 2.0 * float(np.sum(off * off)) - frob2) <= 1e-10 * norm * norm
+                and abs(float(band[0, 0]) - c00) <= 1e-10 * norm
+                and abs(float(band[0] @ band[0]) - col0) <= 1e-10 * norm * norm
             ):
-                return d, e
+                return band
+            c = make()  # the reduction wrote over it
     _, d, e, _, info = _lapack.dsytrd(c, lower=1, overwrite_a=1)
     if info != 0:
         raise RuntimeError(f"{_OWNER}: LAPACK dsytrd failed (info={info})")
-    return d, e
+    return _tridiagonal_band(d, e)
+
+
+def _reflect(c: np.ndarray, u: np.ndarray, norm: float) -> np.ndarray:
+    """P C P in the lower triangle of the Fortran array c (in place), for the Householder
+    P = I - tau v v^T with P u = -sign(u_0) |u| e_1: C minus a symmetric rank-2 term (LAPACK's
+    dsytd2 update), p = tau C v, w = p - (tau/2)(p.v) v."""
+    v = u.copy()
+    v[0] += math.copysign(norm, v[0])
+    tau = 2.0 / float(v @ v)
+    p = _blas.dsymv(tau, c, v, lower=1)
+    p -= (0.5 * tau * float(p @ v)) * v
+    return _blas.dsyr2(-1.0, v, p, lower=1, a=c, overwrite_a=1)
+
+
+def _mirror_into_lower(f: np.ndarray, diag: np.ndarray):
+    """Copy the strict upper triangle of the square Fortran array f into its lower triangle
+    and set its diagonal (the Fortran view's upper triangle is the C-order lower one)."""
+    n = f.shape[0]
+    lower = np.tril_indices(n, -1)
+    f[lower] = f.T[lower]
+    np.fill_diagonal(f, diag)
 
 
 class Pencil:
@@ -204,10 +283,17 @@ class Pencil:
     likelihood of scikit-learn's GaussianProcessRegressor with scikit-ntk's kernel, and its
     derivative in theta = log(beta), for any beta in O(N) (module docstring).
 
+    The reduction works in the two given buffers, no N x N copies: G = A' + s B' is built
+    over A' and H = s B' over B'. Each is handed to LAPACK as its transpose (a Fortran view
+    of the same symmetric matrix), and LAPACK reads and writes only that view's lower
+    triangle (the Cholesky factor of G, then the reduced pencil), so the other triangle
+    (the C-order strict lower triangle) keeps G and H, and with the diagonals kept aside,
+    :meth:`noisy_kernel` rebuilds K(beta) + alpha I from them afterwards.
+
     Parameters
     ----------
-    a_noisy, b_noisy : ndarray (N, N), float64
-        A' = A + c alpha and B' = B + c alpha on the diagonal (symmetric; read, not written).
+    a_noisy, b_noisy : ndarray (N, N), float64, C-contiguous
+        A' = A + c alpha and B' = B + c alpha on the diagonal (symmetric). OVERWRITTEN.
     c : float
         depth + 1.
     y : ndarray (N, k), float64
@@ -216,54 +302,101 @@ class Pencil:
 
     def __init__(self, a_noisy: np.ndarray, b_noisy: np.ndarray, c: float, y: np.ndarray):
         n, k = y.shape
+        if not (a_noisy.flags.c_contiguous and b_noisy.flags.c_contiguous):
+            raise ValueError(f"{_OWNER}: the pencil's buffers must be C-contiguous")
         self.c, self.n, self.k = float(c), n, k
         trace_b = float(np.trace(b_noisy))
         self.s = float(np.trace(a_noisy)) / trace_b if trace_b > 0 else 1.0
         if not (self.s > 0 and math.isfinite(self.s)):
             self.s = 1.0
-        # G = A' + s B' and H = s B', built in C order and handed to LAPACK as their
-        # transposes: Fortran-ordered views of the same (symmetric) matrices, no copies.
-        g = np.multiply(b_noisy, self.s)
-        g += a_noisy
-        g = g.T
-        lower, info = _lapack.dpotrf(g, lower=1, clean=0, overwrite_a=1)
+        # G = A' + s B' over A', H = s B' over B' (one BLAS pass each, in place).
+        _blas.daxpy(b_noisy.reshape(-1), a_noisy.reshape(-1), a=self.s)
+        _blas.dscal(self.s, b_noisy.reshape(-1))
+        self._g, self._h = a_noisy, b_noisy
+        self._diag_g, self._diag_h = np.diagonal(a_noisy).copy(), np.diagonal(b_noisy).copy()
+        lower, info = _lapack.dpotrf(a_noisy.T, lower=1, clean=0, overwrite_a=1)
         if info != 0:
-            raise NotPositiveDefinite(a_noisy, b_noisy, self.s, c)
+            raise NotPositiveDefinite(self._full(self._g, self._diag_g) / (self.c * (1.0 + self.s)), math.sqrt(self.s))
         self.logdet_g = 2.0 * float(np.sum(np.log(np.diagonal(lower))))
         u, info = _lapack.dtrtrs(lower, y, lower=1)
         if info != 0:
             raise RuntimeError(f"{_OWNER}: LAPACK dtrtrs failed (info={info})")
-        h = np.multiply(b_noisy, self.s).T
-        h, info = _lapack.dsygst(h, lower, itype=1, lower=1, overwrite_a=1)
-        if info != 0:
-            raise RuntimeError(f"{_OWNER}: LAPACK dsygst failed (info={info})")
-        del lower, g
+
+        calls = [0]
+
+        def reduced():
+            """C = L^-1 H L^-T into the lower triangle of H's Fortran view; again from its
+            intact other triangle when a reduction below has to start over."""
+            h = b_noisy.T
+            if calls[0]:
+                _mirror_into_lower(h, self._diag_h)
+            calls[0] += 1
+            h, info = _lapack.dsygst(h, lower, itype=1, lower=1, overwrite_a=1)
+            if info != 0:
+                raise RuntimeError(f"{_OWNER}: LAPACK dsygst failed (info={info})")
+            return h
+
         if k == 1:
-            self.d, self.e, norm = self._reduce_one(h, u[:, 0])
+            self.band, norm = self._reduce_one(reduced, u[:, 0])
             self.w_sq = norm * norm  # w = |L^-1 y| e_1
         else:
             # Several targets: T = diag(mu) from the dense eigendecomposition, and the
-            # targets projected on its eigenvectors, z = U^T L^-1 y.
-            self.mu, u_basis = scipy.linalg.eigh(h, lower=True, overwrite_a=True, check_finite=False)
+            # targets projected on its eigenvectors, z = U^T L^-1 y. LAPACK's dsyevr
+            # destroys only the triangle it reads.
+            self.mu, u_basis = scipy.linalg.eigh(reduced(), lower=True, overwrite_a=True, check_finite=False)
             self.z_sq = np.sum((u_basis.T @ u) ** 2, axis=1)  # summed over the targets
 
     @staticmethod
-    def _reduce_one(c: np.ndarray, u: np.ndarray):
-        """(d, e, |u|) for one target: reflect u onto e_1, then tridiagonalize (module
-        docstring); T e_1 stays the image of |u| e_1, so w = |u| e_1."""
-        n = c.shape[0]
+    def _full(buf: np.ndarray, diag: np.ndarray) -> np.ndarray:
+        """A new full symmetric matrix from the buffer's C-order strict lower triangle and diag."""
+        out = np.tril(buf, -1)
+        out += out.T
+        out[np.diag_indices_from(out)] = diag
+        return out
+
+    def smallest_eigenvalue_error(self, beta: float) -> "NotPositiveDefinite":
+        """The error for K(beta) + alpha I not positive definite (kept parts, a copy)."""
+        b2 = beta * beta
+        k = self._full(self._g, self._diag_g)
+        k += (b2 / self.s - 1.0) * self._full(self._h, self._diag_h)
+        k /= self.c * (1.0 + b2)
+        return NotPositiveDefinite(k, beta)
+
+    def noisy_kernel(self, beta: float) -> np.ndarray:
+        """K(beta) + alpha I = (G + (t - 1) H) / (c (1 + beta^2)), t = beta^2 / s, written
+        over G's buffer (two BLAS passes), returned as a Fortran array whose UPPER triangle
+        holds it (the lower one is garbage): for LAPACK with uplo='U'. The pencil's
+        likelihood stays usable; this method can be called once."""
+        b2 = beta * beta
+        tm1 = b2 / self.s - 1.0
+        inv_scale = 1.0 / (self.c * (1.0 + b2))
+        flat = self._g.reshape(-1)
+        _blas.daxpy(self._h.reshape(-1), flat, a=tm1)
+        _blas.dscal(inv_scale, flat)
+        np.fill_diagonal(self._g, (self._diag_g + tm1 * self._diag_h) * inv_scale)
+        k = self._g.T
+        self._g = self._h = None  # the buffers are the caller's now
+        return k
+
+    def release(self):
+        """Drop the references to the two N x N buffers (the likelihood needs none)."""
+        self._g = self._h = None
+
+    @staticmethod
+    def _reduce_one(reduced, u: np.ndarray):
+        """(band, |u|) for one target: reflect u onto e_1, then reduce to a band (module
+        docstring); it keeps e_1 in place, so w = |u| e_1. ``reduced()`` writes C into the
+        lower triangle of a Fortran array and returns it (called again when the band
+        reduction's result fails its checks)."""
         norm = float(np.linalg.norm(u))
-        if n > 1 and norm > 0:
-            # Householder P = I - tau v v^T with P u = -sign(u_0) |u| e_1; P C P is C minus a
-            # symmetric rank-2 term (LAPACK's dsytd2 update): p = tau C v, w = p - (tau/2)(p.v) v.
-            v = u.copy()
-            v[0] += math.copysign(norm, v[0])
-            tau = 2.0 / float(v @ v)
-            p = _blas.dsymv(tau, c, v, lower=1)
-            p -= (0.5 * tau * float(p @ v)) * v
-            c = _blas.dsyr2(-1.0, v, p, lower=1, a=c, overwrite_a=1)
-        d, e = _tridiagonal(c)
-        return d, e, norm
+
+        def reflected():
+            c = reduced()
+            if c.shape[0] > 1 and norm > 0:
+                c = _reflect(c, u, norm)
+            return c
+
+        return _banded(reflected), norm
 
     # -- the likelihood ------------------------------------------------------------------
 
@@ -284,28 +417,25 @@ class Pencil:
                 ok = np.all(m > 0, axis=1)
                 logdet = np.sum(np.log1p(tm1[:, None] * self.mu[None, :]), axis=1)
                 return ok, logdet, np.sum(self.z_sq[None, :] / m, axis=1)
-            ok, logdet, r1 = _engine.pencil_pivots(self.d, self.e, tm1)
+            ok, logdet, r1 = _engine.pencil_pivots(self.band, tm1)
             return ok, logdet, self.w_sq / r1
 
-    def _terms_and_derivatives(self, t: float):
-        """(log|M|, its derivative in t, w^T M^-1 w, its derivative in t) at one t, or None
-        where M is not positive definite."""
+    def _terms_and_derivatives(self, t: np.ndarray):
+        """(ok, log|M|, its derivative in t, w^T M^-1 w, its derivative in t) at each t
+        (1-D array); ok: M positive definite (the other entries are meaningless where not)."""
         tm1 = t - 1.0
-        if self.k > 1:
-            m = 1.0 + tm1 * self.mu
-            if not np.all(m > 0):
-                return None
-            return (
-                float(np.sum(np.log1p(tm1 * self.mu))),
-                float(np.sum(self.mu / m)),
-                float(np.sum(self.z_sq / m)),
-                -float(np.sum(self.z_sq * self.mu / (m * m))),
-            )
-        ok, logdet, r, dlogdet, dr = _engine.pencil_pivots(self.d, self.e, np.array([tm1]), derivatives=True)
-        if not ok[0]:
-            return None
-        r, dr = float(r[0]), float(dr[0])
-        return float(logdet[0]), float(dlogdet[0]), self.w_sq / r, -self.w_sq * dr / (r * r)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            if self.k > 1:
+                m = 1.0 + tm1[:, None] * self.mu[None, :]
+                return (
+                    np.all(m > 0, axis=1),
+                    np.sum(np.log1p(tm1[:, None] * self.mu[None, :]), axis=1),
+                    np.sum(self.mu[None, :] / m, axis=1),
+                    np.sum(self.z_sq[None, :] / m, axis=1),
+                    -np.sum(self.z_sq[None, :] * self.mu[None, :] / (m * m), axis=1),
+                )
+            ok, logdet, r, dlogdet, dr = _engine.pencil_pivots(self.band, tm1, derivatives=True)
+            return ok, logdet, dlogdet, self.w_sq / r, -self.w_sq * dr / (r * r)
 
     def lml(self, theta: np.ndarray, gradient: bool = True):
         """(values, derivatives) of the log marginal likelihood at each theta = log(beta)
@@ -321,18 +451,15 @@ class Pencil:
         const = -0.5 * k * (self.logdet_g + n * _LOG_2PI)
         if not gradient:
             ok, logdet_m, q = self._terms(t)
-            values[ok] = const - 0.5 * scale[ok] * q[ok] - 0.5 * k * (logdet_m[ok] - n * np.log(scale[ok]))
-            return values, grads
-        for i in range(theta.size):
-            got = self._terms_and_derivatives(float(t[i]))
-            if got is None:
-                continue
-            logdet_m, dlogdet_m, q, dq = got
-            values[i] = const - 0.5 * scale[i] * q - 0.5 * k * (logdet_m - n * math.log(scale[i]))
+        else:
+            ok, logdet_m, dlogdet_m, q, dq = self._terms_and_derivatives(t)
+        values[ok] = const - 0.5 * scale[ok] * q[ok] - 0.5 * k * (logdet_m[ok] - n * np.log(scale[ok]))
+        if gradient:
             # d/dtheta: d(beta^2) = 2 beta^2, dt = 2 t, d log(scale) = 2 beta^2 / (1 + beta^2).
-            d_quad = 2.0 * self.c * b2[i] * q + scale[i] * 2.0 * t[i] * dq
-            d_logdet = 2.0 * t[i] * dlogdet_m - n * 2.0 * b2[i] / (1.0 + b2[i])
-            grads[i] = -0.5 * d_quad - 0.5 * k * d_logdet
+            b2, t, scale = b2[ok], t[ok], scale[ok]
+            d_quad = 2.0 * self.c * b2 * q[ok] + scale * 2.0 * t * dq[ok]
+            d_logdet = 2.0 * t * dlogdet_m[ok] - n * 2.0 * b2 / (1.0 + b2)
+            grads[ok] = -0.5 * d_quad - 0.5 * k * d_logdet
         return values, grads
 
     def maximize(self, low: float, high: float):
@@ -357,38 +484,42 @@ class Pencil:
             return float(self.lml(x)[1][0])
 
         best = (float(grid[int(np.argmax(values))]), float(np.max(values)))
+        # The derivative at every peak and its two neighbours, in one native call.
+        around = np.unique(np.concatenate([peaks - 1, peaks, peaks + 1]).clip(0, n - 1))
+        slope = dict(zip(around.tolist(), self.lml(grid[around])[1].tolist()))
+        candidates = [float(grid[i]) for i in peaks]
         for i in peaks:
-            candidates = [float(grid[i])]
             for a, b in ((max(i - 1, 0), i), (i, min(i + 1, n - 1))):
                 if a == b:
                     continue
-                xa, xb = float(grid[a]), float(grid[b])
-                ga, gb = grad(xa), grad(xb)
+                ga, gb = slope[a], slope[b]
                 if np.isfinite(ga) and np.isfinite(gb) and ga > 0 > gb:
                     candidates.append(
-                        scipy.optimize.brentq(grad, xa, xb, xtol=1e-14, rtol=4 * np.finfo(float).eps)
+                        scipy.optimize.brentq(
+                            grad, float(grid[a]), float(grid[b]), xtol=1e-14, rtol=4 * np.finfo(float).eps
+                        )
                     )
-            for x in candidates:
-                value = float(self.lml(x, gradient=False)[0][0])
-                if value > best[1]:
-                    best = (x, value)
+        cand_values = self.lml(np.array(candidates), gradient=False)[0]
+        for x, value in zip(candidates, cand_values.tolist()):
+            if value > best[1]:
+                best = (x, value)
         return best
 
 
 class NotPositiveDefinite(ValueError):
     """K(beta) + alpha I is not positive definite for any beta (numerically)."""
 
-    def __init__(self, a_noisy, b_noisy, s, c):
-        # At beta^2 = s the two parts weigh the same: (A' + s B') / (c (1 + s)).
-        k = (a_noisy + s * b_noisy) / (c * (1.0 + s))
+    def __init__(self, k: np.ndarray, beta: float):
+        """``k``: K(beta) + alpha I (a copy, used up), at the bias ``beta`` of the message."""
+        mean_diagonal = float(np.mean(np.diagonal(k)))
         smallest = float(
-            scipy.linalg.eigh(k, eigvals_only=True, subset_by_index=(0, 0), check_finite=False)[0]
+            scipy.linalg.eigh(k, eigvals_only=True, subset_by_index=(0, 0), check_finite=False, overwrite_a=True)[0]
         )
         self.smallest = smallest
         super().__init__(
             f"{_OWNER}: the kernel plus the noise alpha is not positive definite (numerically) for "
-            f"any bias: the smallest eigenvalue of K(bias) + alpha I at bias = {math.sqrt(s):.4g} is "
-            f"{smallest:.3e}. Increase alpha (the kernel's diagonal is about {float(np.mean(np.diagonal(k))):.3g}), "
+            f"any bias: the smallest eigenvalue of K(bias) + alpha I at bias = {beta:.4g} is "
+            f"{smallest:.3e}. Increase alpha (the kernel's diagonal is about {mean_diagonal:.3g}), "
             "or remove duplicated or collinear training points"
         )
 
@@ -517,12 +648,14 @@ class NTKGaussianProcessRegressor(RegressorMixin, BaseEstimator):
     A kernel plus noise that is not positive definite raises ValueError naming its smallest
     eigenvalue, before any optimization.
 
-    Cost: one native kernel pass, then LAPACK: two Cholesky factorizations, the reduction
-    of the pencil to standard form (dsygst) and one tridiagonal reduction (the two-stage
-    dsytrd_2stage of fastntk's OpenBLAS from N = 256 on, with ``fastntk.set_num_threads``
-    threads; SciPy's dsytrd otherwise). Several targets replace the tridiagonal reduction
-    by a dense eigendecomposition (about three times its cost). Memory: about five
-    N x N float64 arrays at the peak.
+    Cost: one native kernel pass, then LAPACK (SciPy's, with its BLAS threads): two
+    Cholesky factorizations, the reduction of the pencil to standard form (dsygst) and one
+    reduction to a band of 16 sub-diagonals (dsytrd_sy2sb, from N = 256 on; SciPy's
+    tridiagonal dsytrd below), then the likelihood on a grid of about 460 biases and its
+    refinement by native band eliminations. Several targets replace the band reduction by
+    a dense eigendecomposition (several times its cost). Memory: the kernel's two parts
+    (two N x N float64 arrays, worked on in place; the Cholesky factor ``L_`` is one of
+    them) and LAPACK's workspaces.
     """
 
     def __init__(
@@ -601,7 +734,7 @@ class NTKGaussianProcessRegressor(RegressorMixin, BaseEstimator):
             self._pencil = Pencil(a, b, c, y2)
             best = self._pencil.maximize(*bounds)
             if best is None:
-                raise NotPositiveDefinite(a, b, self._pencil.s, c)
+                raise self._pencil.smallest_eigenvalue_error(math.sqrt(self._pencil.s))
             theta, value = best
             if theta <= math.log(bounds[0]):
                 bias = bounds[0]
@@ -610,23 +743,23 @@ class NTKGaussianProcessRegressor(RegressorMixin, BaseEstimator):
             else:
                 bias = float(np.clip(math.exp(theta), bounds[0], bounds[1]))
             kernel = self._kernel(depth, bias, bounds)
-            # K(bias) + alpha I = (A' + bias^2 B') / (c (1 + bias^2)), into A's buffer: two
-            # BLAS passes over the (contiguous) buffers, A /= scale, then A += (bias^2 / scale) B.
-            inv_scale = 1.0 / (c * (1.0 + bias * bias))
-            flat = a.reshape(-1)
-            _blas.dscal(inv_scale, flat)
-            _blas.daxpy(b.reshape(-1), flat, a=bias * bias * inv_scale)
-            k_noisy = a
-            del b, flat
+            del a, b
         self.kernel_ = kernel
         self.bias_ = bias
-        # Factored in place: the symmetric C array's transpose is a Fortran array, whose
-        # lower Cholesky factor LAPACK writes over it.
-        lower, info = _lapack.dpotrf(k_noisy.T, lower=1, clean=1, overwrite_a=1)
+        # Factored in place. Without the pencil: the symmetric C array's transpose is a
+        # Fortran array, whose lower Cholesky factor LAPACK writes over it. With it: the
+        # pencil rebuilds K(bias) + alpha I in the upper triangle of a Fortran array, whose
+        # factor U (K = U^T U) is, read in C order, the lower factor L = U^T.
+        if self._pencil is None:
+            factor, info = _lapack.dpotrf(k_noisy.T, lower=1, clean=1, overwrite_a=1)
+            lower = True
+        else:
+            factor, info = _lapack.dpotrf(self._pencil.noisy_kernel(bias), lower=0, clean=1, overwrite_a=1)
+            lower = False
         if info != 0:
             raise self._not_positive_definite(kernel, alpha)
-        self.L_ = lower
-        self.alpha_ = scipy.linalg.cho_solve((self.L_, True), self.y_train_, check_finite=False)
+        self.L_ = factor if lower else factor.T
+        self.alpha_ = scipy.linalg.cho_solve((factor, lower), self.y_train_, check_finite=False)
         if self._pencil is None:
             self.log_marginal_likelihood_value_ = self._cholesky_lml(y2)
         else:
