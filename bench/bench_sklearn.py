@@ -1,7 +1,8 @@
 """Benchmark of fastntk.sklearn: the scikit-ntk drop-in inside GaussianProcessRegressor, the
 GP kernels' gradients, and the estimators' one-pass depth sweep.
 
-    python bench/bench_sklearn.py [--quick] [--depths 1 3 5] [--sections 1 2 3] [--json FILE]
+    python bench/bench_sklearn.py [--quick] [--depths 1 3 5] [--sections 1 2 3 4] [--json FILE]
+        [--repeat 3] [--skntk-python PEER_VENV/bin/python]
 
 1. ``NeuralTangentKernel`` (fastntk) vs ``skntk.NeuralTangentKernel`` (scikit-ntk), N = 2000
    points, d = 64, depths 1, 3, 5, measured in one run:
@@ -32,7 +33,7 @@ GP kernels' gradients, and the estimators' one-pass depth sweep.
    (mean and std at the M test points) against scikit-learn's GP with scikit-ntk's kernel
    fixed at our bias (``optimizer=None``) and against scikit-learn's own fit.
 
-Writes a table and bench/results/sklearn.json.
+Prints a table per section and writes bench/results/sklearn.json (or ``--json FILE``).
 """
 
 from __future__ import annotations
