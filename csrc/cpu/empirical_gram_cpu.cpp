@@ -168,7 +168,7 @@ void run_block(const Problem& pb, const Tile& b, Scratch& s, StopCheck& check) {
 
   // Mirror: out[j, i] = out[i, j]^T (the final values, so accumulating calls stay
   // symmetric too), while the block is still in cache.
-  if (pb.symmetric) mirror_tile(pb.out, pb.ld, b, pb.trace ? 1 : m);
+  if (pb.symmetric) mirror_tile(pb.out, pb.ld, b, pb.trace ? 1 : m, [&] { return check.stopped(); });
 }
 
 void check_int(Index v, const std::string& what) {

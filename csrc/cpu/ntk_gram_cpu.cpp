@@ -187,6 +187,7 @@ constexpr int kWalkCols = 1024;
 // The float64 kernels' tile (the dual-number path has its own, run_tile_planes).
 template <bool Ntk>
 void run_tile(const Job<double>& job, const Tile& tile, Scratch<double>& scratch, StopCheck& check) {
+  const auto stopped = [&] { return check.stopped(); };  // also asked within the mirror
   // In place, the covariances go straight into an output (the NNGP's if requested, else
   // the NTK's) and each row is walked where it lies; otherwise into the scratch tile.
   double* c = scratch.c.get();
@@ -226,8 +227,8 @@ void run_tile(const Job<double>& job, const Tile& tile, Scratch<double>& scratch
       if (job.symmetric && ((r + 1) % kMirrorRows == 0 || r + 1 == tile.rows)) {
         const int rb = r - r % kMirrorRows, jb0 = tile.diagonal ? rb : 0;
         const Tile band{tile.i0 + rb, tile.j0 + jb0, r + 1 - rb, tile.cols - jb0, tile.diagonal};
-        if (job.nngp) mirror_tile(job.nngp, job.n2, band);
-        if (Ntk && job.ntk) mirror_tile(job.ntk, job.n2, band);
+        if (job.nngp && !mirror_tile(job.nngp, job.n2, band, 1, stopped)) return;
+        if (Ntk && job.ntk && !mirror_tile(job.ntk, job.n2, band, 1, stopped)) return;
       }
       continue;
     }
@@ -236,8 +237,8 @@ void run_tile(const Job<double>& job, const Tile& tile, Scratch<double>& scratch
   // A symmetric Gram's tile is mirrored here, unless it was in place (by bands, above).
   if (job.symmetric && !job.in_place) {
     for (int cap = 0; cap < job.n_captures; ++cap) {
-      if (job.nngp) mirror_tile(job.plane(job.nngp, cap, 0), job.n2, tile);
-      if (Ntk && job.ntk) mirror_tile(job.plane(job.ntk, cap, 0), job.n2, tile);
+      if (job.nngp && !mirror_tile(job.plane(job.nngp, cap, 0), job.n2, tile, 1, stopped)) return;
+      if (Ntk && job.ntk && !mirror_tile(job.plane(job.ntk, cap, 0), job.n2, tile, 1, stopped)) return;
     }
   }
 }
@@ -255,6 +256,7 @@ void run_row_planes(const Job<Dual<P>>& job, const PlanePointTables<P>& t1, cons
 
 template <bool Ntk, int P>
 void run_tile_planes(const Job<Dual<P>>& job, const Tile& tile, Scratch<Dual<P>>& scratch, StopCheck& check) {
+  const auto stopped = [&] { return check.stopped(); };  // also asked within the mirror
   const PlanePointTables<P> t1{job.planes1, job.n1}, t2{job.planes2, job.symmetric ? job.n1 : job.n2};
   double* c = scratch.c.get();
   const int ldc = tile.cols;
@@ -295,8 +297,8 @@ void run_tile_planes(const Job<Dual<P>>& job, const Tile& tile, Scratch<Dual<P>>
   if (job.symmetric) {
     for (int cap = 0; cap < job.n_captures; ++cap)
       for (int p = 0; p <= P; ++p) {
-        if (job.nngp) mirror_tile(job.plane(job.nngp, cap, p), job.n2, tile);
-        if (Ntk && job.ntk) mirror_tile(job.plane(job.ntk, cap, p), job.n2, tile);
+        if (job.nngp && !mirror_tile(job.plane(job.nngp, cap, p), job.n2, tile, 1, stopped)) return;
+        if (Ntk && job.ntk && !mirror_tile(job.plane(job.ntk, cap, p), job.n2, tile, 1, stopped)) return;
       }
   }
 }

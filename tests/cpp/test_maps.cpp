@@ -8,6 +8,9 @@
 // 2. The walk's instances agree: the SIMD row walk (csrc/cpu/row_walk.hpp) and the scalar
 //    pair walk (what a CUDA thread runs) on every pair, for double and Dual<2>; the point
 //    walk's exact diagonal with the pair walk at s = q.
+// 3. The mirror of a symmetric output's tile (csrc/cpu/tiles.hpp) against a plain loop, for
+//    diagonal and off-diagonal tiles and m x m blocks, and its stop requests: asked once
+//    per 64 destination rows, and a stop ends it early with false.
 // Prints one line per failed check and a final PASS/FAIL line; exits non-zero on failure.
 #include "row_walk.hpp"  // first: vecmath.hpp must precede <cmath>
 
@@ -21,6 +24,7 @@
 #include "fastntk/activations.hpp"
 #include "fastntk/program.hpp"
 #include "fastntk/walk_impl.hpp"
+#include "tiles.hpp"
 
 namespace {
 
@@ -296,11 +300,63 @@ void test_walks() {
   }
 }
 
+// 3. mirror_tile: out[j, i] = out[i, j]^T for the tile's pairs with j > i (all of an
+// off-diagonal tile's), nothing else written; the stop requests.
+void test_mirror() {
+  using fastntk::cpu::mirror_tile;
+  using fastntk::cpu::Tile;
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  const std::int64_t n = 150;
+  for (const int m : {1, 2}) {
+    for (const Tile tile : {Tile{0, 0, 40, 150, true}, Tile{16, 16, 37, 80, true}, Tile{3, 70, 29, 77, false},
+                            Tile{0, 9, 8, 141, false}}) {
+      const std::int64_t bs = static_cast<std::int64_t>(m) * m;
+      std::vector<double> out(static_cast<std::size_t>(n * n * bs));
+      for (double& v : out) v = u(rng);
+      std::vector<double> want = out;
+      for (int r = 0; r < tile.rows; ++r)
+        for (int c = 0; c < tile.cols; ++c) {
+          const std::int64_t i = tile.i0 + r, j = tile.j0 + c;
+          if (tile.diagonal && j <= i) continue;
+          for (int o = 0; o < m; ++o)
+            for (int o2 = 0; o2 < m; ++o2) want[((j * n + i) * m + o2) * m + o] = out[((i * n + j) * m + o) * m + o2];
+        }
+      const std::string name = "mirror m=" + std::to_string(m) + " tile " + std::to_string(tile.i0) + "," +
+                               std::to_string(tile.j0) + " " + std::to_string(tile.rows) + "x" +
+                               std::to_string(tile.cols);
+      std::vector<double> got = out;
+      int asked = 0;
+      const bool done = mirror_tile(got.data(), n, tile, m, [&] { return ++asked < 0; });
+      int wrong = 0;
+      for (std::size_t e = 0; e < got.size(); ++e) wrong += got[e] != want[e];
+      check_close(name + ": entries unlike the plain loop's", wrong, 0, 0, 0);
+      check_close(name + ": finished", done, 1, 0, 0);
+      check_close(name + ": stop requests (one per 64 rows)", asked, (tile.cols + 63) / 64, 0, 0);
+      if (tile.cols > 64) {  // stopped at the second request: only the first 64 columns mirrored
+        std::vector<double> part = out;
+        asked = 0;
+        const bool finished = mirror_tile(part.data(), n, tile, m, [&] { return ++asked == 2; });
+        check_close(name + ": stopped", finished, 0, 0, 0);
+        wrong = 0;
+        for (std::int64_t j = 0; j < n; ++j)
+          for (std::int64_t e = 0; e < n * bs; ++e) {
+            const std::size_t k = static_cast<std::size_t>(j * n * bs + e);
+            const bool early = j >= tile.j0 && j < tile.j0 + 64;  // rows the first 64 columns write
+            wrong += part[k] != (early ? want[k] : out[k]);
+          }
+        check_close(name + ": stopped after 64 rows", wrong, 0, 0, 0);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
   test_maps();
   test_walks();
+  test_mirror();
   std::printf("%s: %d checks, %d failed\n", g_failures ? "FAIL" : "PASS", g_checks, g_failures);
   return g_failures ? 1 : 0;
 }
